@@ -1,0 +1,1 @@
+"""One module per `arledger` command group; each exposes `register(subparsers)`."""
