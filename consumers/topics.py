@@ -1,0 +1,78 @@
+"""Topic administration: the five arledger topics, created once with their settings."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from kafka import KafkaAdminClient
+from kafka.errors import NoError, TopicAlreadyExistsError, for_code
+
+from arledger.settings import ALL_TOPICS, TOPIC_LEDGER, Settings
+
+# Admin calls on a local broker answer in milliseconds; creating topics on a
+# busy 2-core machine can take seconds, so allow well above that.
+ADMIN_REQUEST_TIMEOUT_MS = 30_000
+# Finding the cluster: a live one answers in well under a second; 10 s covers a
+# slow network without making a mistyped address hang for long.
+ADMIN_BOOTSTRAP_TIMEOUT_MS = 10_000
+TOPICS_READY_TIMEOUT_MS = 30_000
+
+# Per-topic settings beyond the broker defaults. ar.ledger keeps everything:
+# the history is the product (DESIGN §4).
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    TOPIC_LEDGER: {"retention.ms": "-1", "retention.bytes": "-1"},
+}
+
+
+@contextlib.contextmanager
+def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
+    """A KafkaAdminClient on `settings.kafka_bootstrap`, closed on exit."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="arledger-topics",
+        request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS,
+        bootstrap_timeout_ms=ADMIN_BOOTSTRAP_TIMEOUT_MS,
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def topic_names(settings: Settings) -> list[str]:
+    """The five arledger topic names with the configured prefix."""
+    return [settings.topic(name) for name in ALL_TOPICS]
+
+
+def topic_spec(settings: Settings, name: str) -> dict[str, object]:
+    """kafka-python's create_topics entry for the unprefixed topic `name`."""
+    return {
+        "num_partitions": settings.partitions,
+        "replication_factor": settings.replication_factor,
+        "configs": dict(TOPIC_CONFIGS.get(name, {})),
+    }
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create those of the five topics that are missing; return the names created.
+
+    Existing topics are left exactly as they are (no error, no change). Returns
+    once every topic has a leader for each partition, so it can be used at once.
+    """
+    with admin_client(settings) as admin:
+        existing = set(admin.list_topics())
+        missing = {settings.topic(name): name for name in ALL_TOPICS if settings.topic(name) not in existing}
+        created: list[str] = []
+        if missing:
+            specs = {full_name: topic_spec(settings, name) for full_name, name in missing.items()}
+            result = admin.create_topics(specs, raise_errors=False)
+            for topic in result["topics"]:
+                error = for_code(topic["error_code"])
+                if error is NoError:
+                    created.append(topic["name"])
+                elif error is not TopicAlreadyExistsError:
+                    # Another process creating it meanwhile is fine; anything else is not.
+                    raise error(f"creating topic {topic['name']}: {topic.get('error_message') or error.__name__}")
+        admin.wait_for_topics(topic_names(settings), timeout_ms=TOPICS_READY_TIMEOUT_MS)
+    return sorted(created, key=topic_names(settings).index)
