@@ -1,0 +1,150 @@
+"""The eventsourcing aggregates: CustomerAccount (one stream per customer) and EnvelopeReceipt (idempotency).
+
+Each domain event of `ledger.events` is stored as one `CustomerAccount.Recorded`
+event (the first of a stream as `CustomerAccount.Opened`) carrying the event's
+kind and data, the inbound envelope id, the recorded time, the schema version
+and the customer hash chain (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Transcoding
+
+import msgspec
+
+from ledger import contract as c
+from ledger.account import AccountState, CreditPolicy
+from ledger.events import SCHEMA_VERSION, DomainEvent, event_from_data, event_to_data
+from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body
+from ledger.upcasting import upcast
+
+# Fixed namespace: aggregate ids are derived from business keys, so any process finds them.
+ARLEDGER_NAMESPACE = uuid.UUID("9f0c5d0e-3b7a-5c1e-9a43-6a2f0b7c1d2e")
+
+
+def account_id(customer_id: str) -> uuid.UUID:
+    return uuid.uuid5(ARLEDGER_NAMESPACE, "customer:" + customer_id)
+
+
+def receipt_id(envelope_id: str) -> uuid.UUID:
+    return uuid.uuid5(ARLEDGER_NAMESPACE, "envelope:" + envelope_id)
+
+
+class CustomerAccount(Aggregate):
+    """One customer's receivables: the system of record."""
+
+    class Opened(Aggregate.Created):
+        customer_id: str
+        kind: str
+        data: dict[str, Any]
+        envelope_id: str
+        recorded_at: str
+        schema_version: int
+        prev_hash: str
+        hash: str
+
+    class Recorded(Aggregate.Event):
+        kind: str
+        data: dict[str, Any]
+        envelope_id: str
+        recorded_at: str
+        schema_version: int
+        prev_hash: str
+        hash: str
+
+        def apply(self, aggregate: "CustomerAccount") -> None:
+            aggregate._fold_stored(self.kind, self.data, self.schema_version, self.hash)
+
+    @staticmethod
+    def create_id(customer_id: str, **_: Any) -> uuid.UUID:
+        return account_id(customer_id)
+
+    def __init__(self, customer_id: str, kind: str, data: dict[str, Any], envelope_id: str, recorded_at: str,
+                 schema_version: int, prev_hash: str, hash: str) -> None:
+        self.state = AccountState(customer_id=customer_id)
+        self.last_hash = GENESIS_HASH
+        self._fold_stored(kind, data, schema_version, hash)
+
+    @classmethod
+    def open(cls, envelope: c.Envelope, recorded_at: str) -> tuple["CustomerAccount", list[DomainEvent]]:
+        """Start a stream with the registration of a new customer."""
+        state = AccountState(customer_id=envelope.customer_id)
+        registered: list[DomainEvent] = []
+        state.handle(envelope, registered.append)  # checks only; the aggregate folds it below
+        (event,) = registered
+        kind, data = event.__struct_config__.tag, event_to_data(event)
+        body = customer_hash_body(kind=kind, customer_id=envelope.customer_id, envelope_id=envelope.id, version=1,
+                                  recorded_at=recorded_at, schema_version=SCHEMA_VERSION, data=data)
+        account = cls(customer_id=envelope.customer_id, kind=kind, data=data, envelope_id=envelope.id,
+                      recorded_at=recorded_at, schema_version=SCHEMA_VERSION, prev_hash=GENESIS_HASH,
+                      hash=chain_hash(GENESIS_HASH, body))
+        return account, registered
+
+    def handle(self, envelope: c.Envelope, recorded_at: str, policy: CreditPolicy) -> list[DomainEvent]:
+        """Apply one accepted fact; returns the domain events it produced (raises a Rejection first)."""
+        emitted: list[DomainEvent] = []
+
+        def emit(event: DomainEvent) -> None:
+            kind, data = event.__struct_config__.tag, event_to_data(event)
+            body = customer_hash_body(kind=kind, customer_id=self.state.customer_id, envelope_id=envelope.id,
+                                      version=self.version + 1, recorded_at=recorded_at,
+                                      schema_version=SCHEMA_VERSION, data=data)
+            self._just_emitted = event  # folded as is by apply(), saving a decode
+            self.trigger_event(self.Recorded, kind=kind, data=data, envelope_id=envelope.id,
+                               recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
+                               prev_hash=self.last_hash, hash=chain_hash(self.last_hash, body))
+            emitted.append(event)
+
+        self.state.handle(envelope, emit, policy)
+        return emitted
+
+    def _fold_stored(self, kind: str, data: dict[str, Any], schema_version: int, hash: str) -> None:
+        event = self.__dict__.pop("_just_emitted", None)
+        if event is None:
+            event = event_from_data(kind, upcast(kind, data, schema_version))
+        self.state.fold(event)
+        self.last_hash = hash
+
+
+class EnvelopeReceipt(Aggregate):
+    """Claims an inbound envelope id for the fact that was accepted under it (DESIGN §8, idempotency)."""
+
+    class Accepted(Aggregate.Created):
+        envelope_id: str
+        digest: str
+        customer_id: str
+        type: str
+        first_version: int
+        last_version: int
+        recorded_at: str
+
+    @staticmethod
+    def create_id(envelope_id: str, **_: Any) -> uuid.UUID:
+        return receipt_id(envelope_id)
+
+    def __init__(self, envelope_id: str, digest: str, customer_id: str, type: str, first_version: int,
+                 last_version: int, recorded_at: str) -> None:
+        self.envelope_id = envelope_id
+        self.digest = digest
+        self.customer_id = customer_id
+        self.type = type
+        self.first_version = first_version
+        self.last_version = last_version
+        self.recorded_at = recorded_at
+
+
+class AccountStateAsBuiltins(Transcoding):
+    """Lets eventsourcing snapshot an AccountState (msgspec Struct) through its JSON transcoder."""
+
+    type = AccountState
+    name = "arledger_account_state"
+
+    def encode(self, obj: AccountState) -> Any:
+        return msgspec.to_builtins(obj)
+
+    def decode(self, data: Any) -> AccountState:
+        return msgspec.convert(data, AccountState)

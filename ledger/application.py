@@ -1,0 +1,280 @@
+"""The ledger application service: the one place in ledger/ that touches storage (through eventsourcing).
+
+`Ledger.process_batch(records)` takes raw inbound records, checks each in the
+order of DESIGN §8, applies the accepted ones to CustomerAccount aggregates and
+saves every event of the batch — with the idempotency receipts — in one atomic
+`save()`. A transient failure raises and leaves nothing half-written: the
+caller retries the same batch, which gives the same outcomes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import JSONTranscoder
+
+from ledger import contract as c
+from ledger.account import AccountState, CreditPolicy
+from ledger.aggregate import (
+    AccountStateAsBuiltins,
+    CustomerAccount,
+    EnvelopeReceipt,
+    account_id,
+    receipt_id,
+)
+from ledger.errors import DuplicateConflict, InvalidEnvelope, Rejection, UnknownCustomer
+from ledger.events import DomainEvent, event_from_data
+from ledger.upcasting import upcast
+
+ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
+RECEIPT_CACHE_MAX = 200_000  # recent envelope ids: redeliveries after a crash hit this, not the store
+SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
+
+
+class InboundRecord(msgspec.Struct, frozen=True):
+    """One raw record as read from ar.inbound (or a file): the bytes and the Kafka key."""
+
+    value: bytes
+    key: bytes | None = None
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """What became of one inbound record."""
+
+    status: str  # "accepted" | "rejected" | "duplicate"
+    envelope_id: str | None = None
+    customer_id: str | None = None
+    type: str | None = None
+    reason: str | None = None  # reason code when rejected
+    message: str | None = None
+    recorded_at: str | None = None
+    first_version: int | None = None  # stream versions of the events the fact produced
+    last_version: int | None = None
+    events: list[DomainEvent] = msgspec.field(default_factory=list)
+
+
+def store_environment(store_url: str) -> dict[str, str]:
+    """Map ARLEDGER_STORE (sqlite:///path, postgresql://user:pw@host:port/db, memory://) to eventsourcing's env."""
+    parsed = urlparse(store_url)
+    if parsed.scheme == "sqlite":
+        path = unquote(store_url[len("sqlite:///"):]) if store_url.startswith("sqlite:///") else parsed.path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+                "SQLITE_LOCK_TIMEOUT": "30"}
+    if parsed.scheme in ("postgresql", "postgres"):
+        return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": parsed.path.lstrip("/"),
+                "POSTGRES_HOST": parsed.hostname or "127.0.0.1", "POSTGRES_PORT": str(parsed.port or 5432),
+                "POSTGRES_USER": unquote(parsed.username or ""), "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+                "POSTGRES_CREATE_TABLE": "y"}
+    if parsed.scheme == "memory":
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    raise ValueError(f"unsupported event store URL {store_url!r}: use sqlite:///PATH, postgresql://... or memory://")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def format_instant(instant: dt.datetime) -> str:
+    """Recorded times: UTC, microseconds, `Z` — sortable as text."""
+    return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Ledger(Application):
+    """The system of record: CustomerAccount streams plus envelope receipts, in one event store."""
+
+    name = "arledger"
+    snapshotting_intervals = {CustomerAccount: SNAPSHOT_INTERVAL_EVENTS}
+
+    def __init__(self, store_url: str = "memory://", *, policy: CreditPolicy = CreditPolicy(),
+                 clock: Callable[[], dt.datetime] = _utc_now, env: dict[str, str] | None = None) -> None:
+        environment = dict(store_environment(store_url))
+        environment.update(env or {})
+        super().__init__(env=environment)
+        self.policy = policy
+        self._clock = clock
+        self._last_recorded_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._accounts: OrderedDict[str, CustomerAccount] = OrderedDict()
+        self._receipts: OrderedDict[str, tuple[str, Outcome]] = OrderedDict()
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(AccountStateAsBuiltins())
+
+    # -- Writing -------------------------------------------------------------------------------
+
+    def process_batch(self, records: Iterable[InboundRecord]) -> list[Outcome]:
+        """Check and apply a batch; saves all accepted events and receipts atomically."""
+        touched: dict[str, CustomerAccount] = {}
+        new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]] = {}
+        outcomes = [self._process_one(record, touched, new_receipts) for record in records]
+        try:
+            if touched or new_receipts:
+                self.save(*touched.values(), *(receipt for _, _, receipt in new_receipts.values()))
+        except BaseException:
+            for customer_id in touched:  # their in-memory state is ahead of the store: reload next time
+                self._accounts.pop(customer_id, None)
+            raise
+        for envelope_id, (digest, outcome, _) in new_receipts.items():
+            self._remember_receipt(envelope_id, digest, outcome)
+        return outcomes
+
+    def _next_recorded_at(self) -> str:
+        """Strictly increasing recorded times within this process, stamped by the service (§2)."""
+        now = self._clock()
+        if now <= self._last_recorded_at:
+            now = self._last_recorded_at + dt.timedelta(microseconds=1)
+        self._last_recorded_at = now
+        return format_instant(now)
+
+    def _process_one(self, record: InboundRecord, touched: dict[str, CustomerAccount],
+                     new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+        raw: c.RawEnvelope | None = None
+        try:
+            raw = c.decode_envelope(record.value)
+            if record.key is not None and record.key != raw.customer_id.encode():
+                raise InvalidEnvelope(
+                    f"record key {record.key!r} is not the envelope's customer_id {raw.customer_id!r}")
+            known = self._find_receipt(raw.id, new_receipts)
+            if known is not None:
+                return self._duplicate(raw, *known)
+            envelope = c.decode_data(raw)
+            return self._apply(envelope, touched, new_receipts)
+        except Rejection as rejection:
+            return Outcome(status="rejected", reason=rejection.code, message=rejection.message,
+                           envelope_id=raw.id if raw else None, customer_id=raw.customer_id if raw else None,
+                           type=raw.type if raw else None)
+
+    def _duplicate(self, raw: c.RawEnvelope, digest: str, original: Outcome) -> Outcome:
+        try:
+            same = c.decode_data(raw).digest() == digest
+        except Rejection:
+            same = False
+        if not same:
+            raise DuplicateConflict(
+                f"envelope id {raw.id!r} was accepted before with different content "
+                f"({original.type} for customer {original.customer_id!r})")
+        return msgspec.structs.replace(original, status="duplicate", events=[])
+
+    def _apply(self, envelope: c.Envelope, touched: dict[str, CustomerAccount],
+               new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+        recorded_at = self._next_recorded_at()
+        account = touched.get(envelope.customer_id) or self._load_account(envelope.customer_id)
+        if account is None:
+            if envelope.type != "customer.registered":
+                raise UnknownCustomer(f"unknown customer {envelope.customer_id!r}")
+            account, emitted = CustomerAccount.open(envelope, recorded_at)
+            first_version = 1
+        else:
+            first_version = account.version + 1
+            emitted = account.handle(envelope, recorded_at, self.policy)
+        touched[envelope.customer_id] = account
+        self._accounts[envelope.customer_id] = account
+        self._accounts.move_to_end(envelope.customer_id)
+        outcome = Outcome(status="accepted", envelope_id=envelope.id, customer_id=envelope.customer_id,
+                          type=envelope.type, recorded_at=recorded_at, first_version=first_version,
+                          last_version=account.version, events=emitted)
+        digest = envelope.digest()
+        receipt = EnvelopeReceipt(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
+                                  type=envelope.type, first_version=first_version, last_version=account.version,
+                                  recorded_at=recorded_at)
+        new_receipts[envelope.id] = (digest, outcome, receipt)
+        return outcome
+
+    def _load_account(self, customer_id: str) -> CustomerAccount | None:
+        account = self._accounts.get(customer_id)
+        if account is not None:
+            return account
+        try:
+            account = self.repository.get(account_id(customer_id))
+        except AggregateNotFoundError:
+            return None
+        self._accounts[customer_id] = account
+        while len(self._accounts) > ACCOUNT_CACHE_MAX:
+            self._accounts.popitem(last=False)
+        return account
+
+    def _find_receipt(self, envelope_id: str,
+                      new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> tuple[str, Outcome] | None:
+        if envelope_id in new_receipts:
+            digest, outcome, _ = new_receipts[envelope_id]
+            return digest, outcome
+        cached = self._receipts.get(envelope_id)
+        if cached is not None:
+            return cached
+        try:
+            receipt = self.repository.get(receipt_id(envelope_id))
+        except AggregateNotFoundError:
+            return None
+        outcome = Outcome(status="accepted", envelope_id=receipt.envelope_id, customer_id=receipt.customer_id,
+                          type=receipt.type, recorded_at=receipt.recorded_at, first_version=receipt.first_version,
+                          last_version=receipt.last_version)
+        self._remember_receipt(envelope_id, receipt.digest, outcome)
+        return receipt.digest, outcome
+
+    def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome) -> None:
+        self._receipts[envelope_id] = (digest, msgspec.structs.replace(outcome, events=[]))
+        while len(self._receipts) > RECEIPT_CACHE_MAX:
+            self._receipts.popitem(last=False)
+
+    def forget_cache(self) -> None:
+        """Drop in-memory aggregates (after a concurrent writer may have moved them on)."""
+        self._accounts.clear()
+        self._receipts.clear()
+
+    # -- Reading -------------------------------------------------------------------------------
+
+    def account(self, customer_id: str) -> AccountState | None:
+        """The current state of an account (None if the customer is unknown)."""
+        account = self._load_account(customer_id)
+        return None if account is None else account.state
+
+    def stored_events(self, customer_id: str) -> Iterator[StoredLedgerEvent]:
+        """The customer's events as stored, in stream-version order."""
+        for event in self.repository.event_store.get(account_id(customer_id)):
+            yield StoredLedgerEvent.from_stored(customer_id, event)
+
+    def account_known_at(self, customer_id: str, known_at: dt.datetime | None = None) -> AccountState | None:
+        """The account as the ledger knew it at recorded instant `known_at` (None: now), replayed in order."""
+        cutoff = format_instant(known_at) if known_at is not None else None
+        state: AccountState | None = None
+        for stored in self.stored_events(customer_id):
+            if cutoff is not None and stored.recorded_at > cutoff:
+                break
+            if state is None:
+                state = AccountState(customer_id=customer_id)
+            state.fold(stored.event)
+        return state
+
+
+class StoredLedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A domain event with its ledger metadata, as the relay publishes it."""
+
+    customer_id: str
+    version: int
+    kind: str
+    data: dict[str, Any]
+    envelope_id: str
+    recorded_at: str
+    schema_version: int
+    prev_hash: str
+    hash: str
+
+    @property
+    def event(self) -> DomainEvent:
+        return event_from_data(self.kind, upcast(self.kind, self.data, self.schema_version))
+
+    @classmethod
+    def from_stored(cls, customer_id: str, event: Any) -> "StoredLedgerEvent":
+        return cls(customer_id=customer_id, version=event.originator_version, kind=event.kind, data=event.data,
+                   envelope_id=event.envelope_id, recorded_at=event.recorded_at,
+                   schema_version=event.schema_version, prev_hash=event.prev_hash, hash=event.hash)
