@@ -433,6 +433,8 @@ def start(settings: Settings, timeout_s: float = BROKER_START_TIMEOUT_S) -> Brok
         return _started_status(settings, pid, already_running=True, started=started)
     _pid_path(settings).unlink(missing_ok=True)  # stale: the process is gone
 
+    lib = check_kafka_jars()
+    java = find_java()
     for port in (settings.broker_port, settings.controller_port):
         if port_in_use(port):
             raise BrokerError(
@@ -441,8 +443,6 @@ def start(settings: Settings, timeout_s: float = BROKER_START_TIMEOUT_S) -> Brok
                 "with ARLEDGER_BROKER_PORT=P (the controller uses P+1)."
             )
 
-    java = find_java()
-    lib = check_kafka_jars()
     for folder in (kafka_dir(settings), _data_dir(settings), _logs_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
     _check_formatted_port(settings)
