@@ -416,7 +416,7 @@ class AccountState(Struct, kw_only=True):
                 continue
             amount = min(left, item.open)
             emit(e.ItemWrittenOff(invoice_id=item.invoice_id, installment=item.installment, amount=amount,
-                                  effective_on=_effective(item, day, day)))
+                                  effective_on=_effective(item, day, day), closes_item=amount == item.open))
             left -= amount
 
     def _open_dispute(self, data: c.DisputeOpenedData, day: dt.date, emit: Emit, policy: CreditPolicy) -> None:
@@ -602,7 +602,7 @@ class AccountState(Struct, kw_only=True):
 
     def _fold_item_written_off(self, event: e.ItemWrittenOff) -> None:
         item = self._move_item(event.invoice_id, event.installment, event.effective_on, -event.amount)
-        if item.open == 0:
+        if event.closes_item:
             item.written_off = True
         self._move_balance(event.effective_on, -event.amount)
 

@@ -223,6 +223,7 @@ class ItemWrittenOff(DomainEvent, frozen=True, kw_only=True, tag="item.written_o
     installment: int
     amount: int
     effective_on: dt.date
+    closes_item: bool = False  # the write-off took the item to zero: it takes no more cash, ever
 
 
 class DisputeOpened(DomainEvent, frozen=True, kw_only=True, tag="dispute.opened"):
