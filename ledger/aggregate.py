@@ -48,6 +48,7 @@ class CustomerAccount(Aggregate):
         hash: str
 
     class Recorded(Aggregate.Event):
+        customer_id: str
         kind: str
         data: dict[str, Any]
         envelope_id: str
@@ -94,7 +95,7 @@ class CustomerAccount(Aggregate):
                                       version=self.version + 1, recorded_at=recorded_at,
                                       schema_version=SCHEMA_VERSION, data=data)
             self._just_emitted = event  # folded as is by apply(), saving a decode
-            self.trigger_event(self.Recorded, kind=kind, data=data, envelope_id=envelope.id,
+            self.trigger_event(self.Recorded, customer_id=self.state.customer_id, kind=kind, data=data, envelope_id=envelope.id,
                                recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
                                prev_hash=self.last_hash, hash=chain_hash(self.last_hash, body))
             emitted.append(event)
@@ -121,13 +122,15 @@ class EnvelopeReceipt(Aggregate):
         first_version: int
         last_version: int
         recorded_at: str
+        origin: str | None  # "topic:partition:offset" of the accepted record, to tell a redelivery
 
     @staticmethod
     def create_id(envelope_id: str, **_: Any) -> uuid.UUID:
         return receipt_id(envelope_id)
 
     def __init__(self, envelope_id: str, digest: str, customer_id: str, type: str, first_version: int,
-                 last_version: int, recorded_at: str) -> None:
+                 last_version: int, recorded_at: str, origin: str | None = None) -> None:
+        self.origin = origin
         self.envelope_id = envelope_id
         self.digest = digest
         self.customer_id = customer_id
@@ -148,3 +151,58 @@ class AccountStateAsBuiltins(Transcoding):
 
     def decode(self, data: Any) -> AccountState:
         return msgspec.convert(data, AccountState)
+
+
+CHAIN_ID = uuid.uuid5(ARLEDGER_NAMESPACE, "ledger-chain")
+
+
+class LedgerChain(Aggregate):
+    """The global hash chain and the relay's publishing position, stored in the event store (DESIGN §4).
+
+    The relay extends the chain (positions and global hashes of the next
+    events, in notification order) and saves that *before* publishing; after
+    publishing it records how far it got. `pending` holds what was chained but
+    not yet confirmed published, so a restarted relay re-publishes exactly that.
+    """
+
+    class Started(Aggregate.Created):
+        pass
+
+    class Extended(Aggregate.Event):
+        first_position: int
+        notification_ids: list[int]
+        hashes: list[str]
+
+        def apply(self, chain: "LedgerChain") -> None:
+            for offset, (notification_id, hash_global) in enumerate(zip(self.notification_ids, self.hashes)):
+                chain.pending.append((self.first_position + offset, notification_id, hash_global))
+            if self.notification_ids:
+                chain.last_position = self.first_position + len(self.notification_ids) - 1
+                chain.last_notification_id = self.notification_ids[-1]
+                chain.last_hash = self.hashes[-1]
+
+    class Published(Aggregate.Event):
+        up_to_position: int
+
+        def apply(self, chain: "LedgerChain") -> None:
+            chain.published_position = max(chain.published_position, self.up_to_position)
+            chain.pending = [entry for entry in chain.pending if entry[0] > chain.published_position]
+
+    @staticmethod
+    def create_id(**_: Any) -> uuid.UUID:
+        return CHAIN_ID
+
+    def __init__(self) -> None:
+        self.last_position = 0
+        self.last_notification_id = 0
+        self.last_hash = GENESIS_HASH
+        self.published_position = 0
+        self.pending: list[tuple[int, int, str]] = []  # (position, notification_id, hash_global)
+
+    def extend(self, first_position: int, notification_ids: list[int], hashes: list[str]) -> None:
+        assert first_position == self.last_position + 1, "the chain has no gaps"
+        self.trigger_event(self.Extended, first_position=first_position, notification_ids=notification_ids,
+                           hashes=hashes)
+
+    def published(self, up_to_position: int) -> None:
+        self.trigger_event(self.Published, up_to_position=up_to_position)

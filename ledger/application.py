@@ -23,10 +23,14 @@ from eventsourcing.persistence import JSONTranscoder
 
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
+from eventsourcing.utils import get_topic
+
 from ledger.aggregate import (
+    CHAIN_ID,
     AccountStateAsBuiltins,
     CustomerAccount,
     EnvelopeReceipt,
+    LedgerChain,
     account_id,
     receipt_id,
 )
@@ -37,6 +41,7 @@ from ledger.upcasting import upcast
 ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
 RECEIPT_CACHE_MAX = 200_000  # recent envelope ids: redeliveries after a crash hit this, not the store
 SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
+ACCOUNT_EVENT_TOPICS = (get_topic(CustomerAccount.Opened), get_topic(CustomerAccount.Recorded))
 
 
 class InboundRecord(msgspec.Struct, frozen=True):
@@ -44,6 +49,7 @@ class InboundRecord(msgspec.Struct, frozen=True):
 
     value: bytes
     key: bytes | None = None
+    origin: str | None = None  # "topic:partition:offset" where it was read, if from Kafka
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -58,6 +64,7 @@ class Outcome(msgspec.Struct, kw_only=True):
     recorded_at: str | None = None
     first_version: int | None = None  # stream versions of the events the fact produced
     last_version: int | None = None
+    redelivered: bool = False  # a duplicate read again from the very same Kafka offset (crash recovery)
     events: list[DomainEvent] = msgspec.field(default_factory=list)
 
 
@@ -93,7 +100,7 @@ class Ledger(Application):
     """The system of record: CustomerAccount streams plus envelope receipts, in one event store."""
 
     name = "arledger"
-    snapshotting_intervals = {CustomerAccount: SNAPSHOT_INTERVAL_EVENTS}
+    snapshotting_intervals = {CustomerAccount: SNAPSHOT_INTERVAL_EVENTS, LedgerChain: 200}
 
     def __init__(self, store_url: str = "memory://", *, policy: CreditPolicy = CreditPolicy(),
                  clock: Callable[[], dt.datetime] = _utc_now, env: dict[str, str] | None = None) -> None:
@@ -104,7 +111,7 @@ class Ledger(Application):
         self._clock = clock
         self._last_recorded_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._accounts: OrderedDict[str, CustomerAccount] = OrderedDict()
-        self._receipts: OrderedDict[str, tuple[str, Outcome]] = OrderedDict()
+        self._receipts: OrderedDict[str, tuple[str, Outcome, str | None]] = OrderedDict()
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -124,8 +131,8 @@ class Ledger(Application):
             for customer_id in touched:  # their in-memory state is ahead of the store: reload next time
                 self._accounts.pop(customer_id, None)
             raise
-        for envelope_id, (digest, outcome, _) in new_receipts.items():
-            self._remember_receipt(envelope_id, digest, outcome)
+        for envelope_id, (digest, outcome, receipt) in new_receipts.items():
+            self._remember_receipt(envelope_id, digest, outcome, receipt.origin)
         return outcomes
 
     def _next_recorded_at(self) -> str:
@@ -146,15 +153,16 @@ class Ledger(Application):
                     f"record key {record.key!r} is not the envelope's customer_id {raw.customer_id!r}")
             known = self._find_receipt(raw.id, new_receipts)
             if known is not None:
-                return self._duplicate(raw, *known)
+                return self._duplicate(raw, record.origin, *known)
             envelope = c.decode_data(raw)
-            return self._apply(envelope, touched, new_receipts)
+            return self._apply(envelope, record.origin, touched, new_receipts)
         except Rejection as rejection:
             return Outcome(status="rejected", reason=rejection.code, message=rejection.message,
                            envelope_id=raw.id if raw else None, customer_id=raw.customer_id if raw else None,
                            type=raw.type if raw else None)
 
-    def _duplicate(self, raw: c.RawEnvelope, digest: str, original: Outcome) -> Outcome:
+    def _duplicate(self, raw: c.RawEnvelope, origin: str | None, digest: str, original: Outcome,
+                   original_origin: str | None) -> Outcome:
         try:
             same = c.decode_data(raw).digest() == digest
         except Rejection:
@@ -163,9 +171,10 @@ class Ledger(Application):
             raise DuplicateConflict(
                 f"envelope id {raw.id!r} was accepted before with different content "
                 f"({original.type} for customer {original.customer_id!r})")
-        return msgspec.structs.replace(original, status="duplicate", events=[])
+        return msgspec.structs.replace(original, status="duplicate", events=[],
+                                       redelivered=origin is not None and origin == original_origin)
 
-    def _apply(self, envelope: c.Envelope, touched: dict[str, CustomerAccount],
+    def _apply(self, envelope: c.Envelope, origin: str | None, touched: dict[str, CustomerAccount],
                new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
         recorded_at = self._next_recorded_at()
         account = touched.get(envelope.customer_id) or self._load_account(envelope.customer_id)
@@ -186,7 +195,7 @@ class Ledger(Application):
         digest = envelope.digest()
         receipt = EnvelopeReceipt(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
                                   type=envelope.type, first_version=first_version, last_version=account.version,
-                                  recorded_at=recorded_at)
+                                  recorded_at=recorded_at, origin=origin)
         new_receipts[envelope.id] = (digest, outcome, receipt)
         return outcome
 
@@ -204,10 +213,11 @@ class Ledger(Application):
         return account
 
     def _find_receipt(self, envelope_id: str,
-                      new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> tuple[str, Outcome] | None:
+                      new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]
+                      ) -> tuple[str, Outcome, str | None] | None:
         if envelope_id in new_receipts:
-            digest, outcome, _ = new_receipts[envelope_id]
-            return digest, outcome
+            digest, outcome, receipt = new_receipts[envelope_id]
+            return digest, outcome, receipt.origin
         cached = self._receipts.get(envelope_id)
         if cached is not None:
             return cached
@@ -218,11 +228,11 @@ class Ledger(Application):
         outcome = Outcome(status="accepted", envelope_id=receipt.envelope_id, customer_id=receipt.customer_id,
                           type=receipt.type, recorded_at=receipt.recorded_at, first_version=receipt.first_version,
                           last_version=receipt.last_version)
-        self._remember_receipt(envelope_id, receipt.digest, outcome)
-        return receipt.digest, outcome
+        self._remember_receipt(envelope_id, receipt.digest, outcome, receipt.origin)
+        return receipt.digest, outcome, receipt.origin
 
-    def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome) -> None:
-        self._receipts[envelope_id] = (digest, msgspec.structs.replace(outcome, events=[]))
+    def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome, origin: str | None) -> None:
+        self._receipts[envelope_id] = (digest, msgspec.structs.replace(outcome, events=[]), origin)
         while len(self._receipts) > RECEIPT_CACHE_MAX:
             self._receipts.popitem(last=False)
 
@@ -242,6 +252,32 @@ class Ledger(Application):
         """The customer's events as stored, in stream-version order."""
         for event in self.repository.event_store.get(account_id(customer_id)):
             yield StoredLedgerEvent.from_stored(customer_id, event)
+
+    def events_between(self, customer_id: str, first_version: int, last_version: int) -> list[DomainEvent]:
+        """The domain events of versions first..last of a customer's stream (to re-publish a decision)."""
+        stored = self.repository.event_store.get(account_id(customer_id), gt=first_version - 1, lte=last_version)
+        return [StoredLedgerEvent.from_stored(customer_id, event).event for event in stored]
+
+    def read_ledger(self, after_notification_id: int, limit: int,
+                    up_to_notification_id: int | None = None) -> list[tuple[int, StoredLedgerEvent]]:
+        """Account events in notification (recorded) order after a notification id: what the relay publishes."""
+        notifications = self.recorder.select_notifications(
+            start=after_notification_id + 1, limit=limit, stop=up_to_notification_id, topics=ACCOUNT_EVENT_TOPICS)
+        result = []
+        for notification in notifications:
+            event = self.mapper.to_domain_event(notification)
+            result.append((notification.id, StoredLedgerEvent.from_stored(event.customer_id, event)))
+        return result
+
+    def max_notification_id(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def chain(self) -> LedgerChain:
+        """The global hash chain kept by the relay (created empty on first use, not saved until extended)."""
+        try:
+            return self.repository.get(CHAIN_ID)
+        except AggregateNotFoundError:
+            return LedgerChain()
 
     def account_known_at(self, customer_id: str, known_at: dt.datetime | None = None) -> AccountState | None:
         """The account as the ledger knew it at recorded instant `known_at` (None: now), replayed in order."""
