@@ -3,12 +3,14 @@
 Everything lives under `settings.home / "kafka"`: `server.properties`, `data/`
 (log.dirs), `logs/` (the broker's log4j output), `broker.out` (JVM stdout and
 stderr), `broker.pid`. The broker listens on 127.0.0.1 only: `broker_port` for
-clients and the next port for the controller.
+clients and the next port for the controller. Storage is formatted once; the
+ports may change between runs (the single KRaft voter updates its endpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -97,12 +99,6 @@ def _pid_path(settings: Settings) -> Path:
 
 def _stdout_path(settings: Settings) -> Path:
     return kafka_dir(settings) / "broker.out"
-
-
-def _formatted_port_path(settings: Settings) -> Path:
-    # The controller endpoint is written into the KRaft log when formatting;
-    # remember the ports so a later start on other ports fails clearly.
-    return kafka_dir(settings) / "formatted-for-port"
 
 
 def server_log_path(settings: Settings) -> Path:
@@ -365,7 +361,6 @@ def _format_storage(settings: Settings, java: str, lib: Path) -> None:
             "--standalone",
         ]
     )
-    _formatted_port_path(settings).write_text(f"{settings.broker_port}\n")
 
 
 def _run_storage_tool(command: list[str]) -> str:
@@ -388,33 +383,31 @@ def _run_storage_tool(command: list[str]) -> str:
     return result.stdout
 
 
-def _check_formatted_port(settings: Settings) -> None:
-    try:
-        formatted_port = int(_formatted_port_path(settings).read_text().strip())
-    except (OSError, ValueError):
-        return
-    if formatted_port != settings.broker_port:
-        raise BrokerError(
-            f"the broker data in {kafka_dir(settings)} was formatted for port {formatted_port} "
-            f"(controller {formatted_port + 1}), not {settings.broker_port}: set "
-            f"ARLEDGER_BROKER_PORT={formatted_port}, or delete {kafka_dir(settings)} to start "
-            "afresh (that deletes every topic)."
-        )
-
-
 # -- Start, stop, status ----------------------------------------------------------------
+
+
+def _configured_port(settings: Settings) -> int | None:
+    """The client port in this home's server.properties (the one a running broker uses)."""
+    try:
+        text = _properties_path(settings).read_text()
+    except OSError:
+        return None
+    match = re.search(r"^listeners=PLAINTEXT://[^:\s]+:(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def status(settings: Settings) -> BrokerStatus:
     """Whether our broker runs (recorded PID alive) and answers on its port."""
     pid = _recorded_broker_pid(settings)
-    bootstrap = local_bootstrap(settings)
+    # A running broker listens where its server.properties says, whatever the settings say now.
+    port = (_configured_port(settings) if pid is not None else None) or settings.broker_port
+    bootstrap = f"127.0.0.1:{port}"
     answering = pid is not None and broker_answers(bootstrap)
     return BrokerStatus(
         running=pid is not None,
         pid=pid,
-        port=settings.broker_port,
-        controller_port=settings.controller_port,
+        port=port,
+        controller_port=port + 1,
         answering=answering,
         bootstrap=bootstrap,
         kafka_dir=kafka_dir(settings),
@@ -422,12 +415,35 @@ def status(settings: Settings) -> BrokerStatus:
     )
 
 
+@contextlib.contextmanager
+def _start_lock(settings: Settings) -> Iterator[None]:
+    """One `start` at a time per home, so two callers never format or spawn twice."""
+    kafka_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(kafka_dir(settings) / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def start(settings: Settings, timeout_s: float = BROKER_START_TIMEOUT_S) -> BrokerStatus:
     """Start the local broker if it is not running; return once it answers. Idempotent."""
+    with _start_lock(settings):
+        return _start_locked(settings, timeout_s)
+
+
+def _start_locked(settings: Settings, timeout_s: float) -> BrokerStatus:
     started = time.monotonic()
     bootstrap = local_bootstrap(settings)
     pid = _recorded_broker_pid(settings)
     if pid is not None:
+        running_port = _configured_port(settings)
+        if running_port not in (None, settings.broker_port):
+            raise BrokerError(
+                f"the broker of {kafka_dir(settings)} already runs (pid {pid}) on port {running_port}, "
+                f"not {settings.broker_port}: use ARLEDGER_BROKER_PORT={running_port}, or stop it first."
+            )
         # Ours, maybe still starting: wait for it rather than start a second one.
         wait_until_ready(bootstrap, timeout_s, still_starting=lambda: _pid_alive(pid))
         return _started_status(settings, pid, already_running=True, started=started)
@@ -445,7 +461,6 @@ def start(settings: Settings, timeout_s: float = BROKER_START_TIMEOUT_S) -> Brok
 
     for folder in (kafka_dir(settings), _data_dir(settings), _logs_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
-    _check_formatted_port(settings)
     _write_atomically(_properties_path(settings), server_properties(settings))
     if not _is_formatted(settings):
         _format_storage(settings, java, lib)

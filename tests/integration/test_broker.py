@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -119,3 +120,14 @@ def test_a_second_start_is_a_no_op(kafka_broker_settings: Settings) -> None:
 
 def test_wait_until_ready_answers_at_once_for_a_running_cluster(kafka_bootstrap: str) -> None:
     assert broker.wait_until_ready(kafka_bootstrap, timeout_s=10) < 10
+
+
+def test_start_on_another_port_while_running_is_refused_at_once(kafka_broker_settings: Settings) -> None:
+    elsewhere = dataclasses.replace(kafka_broker_settings, broker_port=kafka_broker_settings.broker_port + 100)
+    started = time.monotonic()
+
+    with pytest.raises(broker.BrokerError, match=f"already runs .* on port {kafka_broker_settings.broker_port}"):
+        broker.start(elsewhere)
+
+    assert time.monotonic() - started < 5
+    assert broker.status(elsewhere).port == kafka_broker_settings.broker_port
