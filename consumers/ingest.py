@@ -1,0 +1,151 @@
+"""The ingest worker: ar.inbound → ledger (event store); rejects → ar.rejected; decisions → ar.decisions.
+
+One checkpoint per poll (STYLE §9): apply the batch to the ledger in one atomic
+save, publish its rejects and decisions and wait for their acknowledgements,
+and only then commit the Kafka offsets. A crash anywhere before the commit
+replays the batch: accepted facts come back as duplicates (no new events), so
+nothing is lost or doubled in the ledger. Rejects of a replayed batch are
+published again (at-least-once; each names its source offset, so readers
+dedupe). A decision lost to a crash between the ledger commit and its publish
+is re-published when the very same record is redelivered (the receipt
+remembers the offset it came from); an upstream re-send under the same id gets
+no second decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from arledger.settings import (
+    INGEST_BATCH_RECORDS_MAX,
+    TOPIC_DECISIONS,
+    TOPIC_INBOUND,
+    TOPIC_REJECTED,
+    Settings,
+)
+from consumers import clients
+from consumers.faults import crash_point
+from consumers.retry import with_retries
+from ledger import events as e
+from ledger.application import InboundRecord, Ledger, Outcome
+
+INGEST_GROUP_ID = "arledger-ingest"
+DECISION_TYPES = ("order.placed", "order.released")
+log = structlog.get_logger("arledger.ingest")
+_json = msgspec.json.Encoder()
+
+
+def origin_of(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}:{partition}:{offset}"
+
+
+def decision_record(customer_id: str, inbound_id: str, decided_at: str, event: e.OrderDecided) -> dict[str, Any]:
+    """The ar.decisions record of DESIGN §3."""
+    return {
+        "order_id": event.order_id, "customer_id": customer_id,
+        "decision": "approved" if isinstance(event, e.OrderApproved) else "blocked",
+        "reason": event.reason, "amount": event.amount, "currency": event.currency,
+        "credit_limit": event.credit_limit, "exposure": event.exposure, "available": event.available,
+        "inbound_id": inbound_id, "decided_at": decided_at,
+    }
+
+
+def reject_record(record: Any, outcome: Outcome, rejected_at: str) -> dict[str, Any]:
+    """The ar.rejected record: the original bytes, where they came from, the reason code and message."""
+    try:
+        original, original_base64 = record.value.decode("utf-8"), None
+    except UnicodeDecodeError:
+        original, original_base64 = None, base64.b64encode(record.value).decode("ascii")
+    return {
+        "reason": outcome.reason, "message": outcome.message,
+        "envelope_id": outcome.envelope_id, "customer_id": outcome.customer_id, "type": outcome.type,
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "original": original, "original_base64": original_base64, "rejected_at": rejected_at,
+    }
+
+
+class IngestWorker:
+    """Consumes ar.inbound in a consumer group and applies it to the ledger."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, *, consumer: KafkaConsumer | None = None,
+                 producer: KafkaProducer | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.topic = settings.topic(TOPIC_INBOUND)
+        self.consumer = consumer or clients.group_consumer(
+            settings, self.topic, settings.topic(INGEST_GROUP_ID), "arledger-ingest", INGEST_BATCH_RECORDS_MAX)
+        self.producer = producer or clients.producer(settings, "arledger-ingest")
+
+    def run_once(self, timeout_ms: int) -> int:
+        """Poll one bounded batch and take it through a whole checkpoint; returns the records handled."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=INGEST_BATCH_RECORDS_MAX)
+        records = [record for partition_records in polled.values() for record in partition_records]
+        if not records:
+            return 0
+        started = time.perf_counter()
+        inbound = [InboundRecord(record.value or b"", record.key,
+                                 origin_of(record.topic, record.partition, record.offset)) for record in records]
+        outcomes = with_retries(lambda: self.ledger.process_batch(inbound), "ledger save",
+                                on_failure=self.ledger.forget_cache)
+        crash_point("ingest.after_store_commit")
+        counts = self._publish_effects(records, outcomes)
+        crash_point("ingest.after_reject_publish")
+        offsets = {}
+        for record in records:
+            offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
+        with_retries(lambda: self.consumer.commit(offsets), "offset commit")
+        log.info("batch_committed", worker="ingest", topic=self.topic, records=len(records),
+                 offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()},
+                 duration_ms=round((time.perf_counter() - started) * 1000, 1), **counts)
+        return len(records)
+
+    def _publish_effects(self, records: list[Any], outcomes: list[Outcome]) -> dict[str, int]:
+        counts = {"accepted": 0, "rejected": 0, "duplicate": 0, "decisions": 0}
+        futures = []
+        rejected_at = _utc_iso()
+        for record, outcome in zip(records, outcomes):
+            counts[outcome.status] += 1
+            if outcome.status == "rejected":
+                futures.append(self.producer.send(
+                    self.settings.topic(TOPIC_REJECTED), key=record.key,
+                    value=_json.encode(reject_record(record, outcome, rejected_at))))
+                continue
+            for decision in self._decisions(outcome):
+                counts["decisions"] += 1
+                futures.append(self.producer.send(
+                    self.settings.topic(TOPIC_DECISIONS), key=outcome.customer_id.encode(),
+                    value=_json.encode(decision)))
+        if futures:
+            self.producer.flush()
+            for future in futures:
+                future.get(timeout=60)  # raises if the broker did not take it: nothing is committed then
+        return counts
+
+    def _decisions(self, outcome: Outcome) -> list[dict[str, Any]]:
+        if outcome.type not in DECISION_TYPES:
+            return []
+        if outcome.status == "accepted":
+            events = outcome.events
+        elif outcome.redelivered:
+            events = self.ledger.events_between(outcome.customer_id, outcome.first_version, outcome.last_version)
+        else:
+            return []  # an upstream re-send of the same order gets no second decision
+        return [decision_record(outcome.customer_id, outcome.envelope_id, outcome.recorded_at, event)
+                for event in events if isinstance(event, e.OrderDecided)]
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+        self.producer.close(timeout=10)
+
+
+def _utc_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,91 @@
+"""The projector runner: ar.ledger → DuckDB read models, offsets in the same transaction (DESIGN §5).
+
+It assigns every partition of ar.ledger itself (no consumer group, no
+rebalance pauses) and seeks to the offsets stored in the DuckDB file, never to
+Kafka's committed ones. Every few seconds it publishes a consistent read-only
+snapshot of the file (CHECKPOINT, copy, atomic rename) for `report`, `sql` and
+analysts' own tools: DuckDB lets no other process open a file while it writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import structlog
+from kafka import KafkaConsumer
+
+from arledger.settings import PROJECT_BATCH_EVENTS_MAX, SNAPSHOT_INTERVAL_S, TOPIC_LEDGER, Settings
+from consumers import clients
+from consumers.faults import crash_point
+from projections import schema
+from projections.fold import apply_batch, stored_offsets
+
+log = structlog.get_logger("arledger.project")
+
+
+def publish_snapshot(connection, source: Path, target: Path) -> None:
+    """Copy a consistent image of `source` to `target` atomically (readers see old or new, never half)."""
+    connection.execute("CHECKPOINT")
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+class Projector:
+    """Folds ar.ledger into one DuckDB file and publishes its snapshot."""
+
+    def __init__(self, settings: Settings, *, path: Path | None = None, snapshot_path: Path | None = None,
+                 consumer: KafkaConsumer | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.topic(TOPIC_LEDGER)
+        self.path = path or settings.projection_path
+        self.snapshot_path = snapshot_path or settings.snapshot_path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = schema.connect(str(self.path))
+        schema.create_schema(self.connection)
+        self.consumer = consumer or clients.assigned_consumer(settings, "arledger-project", PROJECT_BATCH_EVENTS_MAX)
+        partitions = clients.partitions_of(self.consumer, self.topic)
+        self.consumer.assign(partitions)
+        offsets = stored_offsets(self.connection, self.topic)
+        for partition in partitions:
+            if partition.partition in offsets:
+                self.consumer.seek(partition, offsets[partition.partition])
+            else:
+                self.consumer.seek_to_beginning(partition)
+        self._dirty = True
+        self._last_snapshot = 0.0
+        self.staging_dir = self.path.parent
+
+    def run_once(self, timeout_ms: int) -> int:
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=PROJECT_BATCH_EVENTS_MAX)
+        values: list[bytes] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for partition, records in polled.items():
+            values.extend(record.value for record in records)
+            offsets[(partition.topic, partition.partition)] = records[-1].offset + 1
+        if values:
+            result = apply_batch(self.connection, values, offsets, staging_dir=self.staging_dir,
+                                 before_commit=lambda: crash_point("project.mid_transaction"))
+            self._dirty = True
+            log.info("batch_committed", worker="project", topic=self.topic, records=result.records,
+                     applied=result.applied, offsets={str(p): o for (_, p), o in offsets.items()},
+                     duration_ms=round(result.duration_s * 1000, 1))
+        self.maybe_publish_snapshot(force=False)
+        return len(values)
+
+    def maybe_publish_snapshot(self, *, force: bool) -> bool:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_snapshot < SNAPSHOT_INTERVAL_S):
+            return False
+        publish_snapshot(self.connection, self.path, self.snapshot_path)
+        self._dirty = False
+        self._last_snapshot = now
+        return True
+
+    def close(self) -> None:
+        self.maybe_publish_snapshot(force=True)
+        self.consumer.close()
+        self.connection.close()

@@ -1,0 +1,132 @@
+"""The relay: the event store's notification log → ar.ledger, in recorded order, hash-chained.
+
+Per batch: read the next account events in notification order, give them
+positions and global hashes, save that chain extension in the event store
+(before publishing, DESIGN §4), publish with the idempotent producer and wait
+for the acknowledgements, then record the published position. After a crash
+the chain's pending part is re-published exactly as chained: duplicates are
+possible (at-least-once), gaps and re-hashing are not; projectors dedupe by
+position.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+from kafka import KafkaProducer
+
+from arledger.settings import RELAY_BATCH_EVENTS_MAX, TOPIC_LEDGER, Settings
+from consumers import clients
+from consumers.faults import crash_point
+from consumers.retry import with_retries
+from ledger.aggregate import LedgerChain
+from ledger.application import Ledger, StoredLedgerEvent
+from ledger.hashing import GENESIS_HASH
+from ledger.records import LedgerRecord, record_encoder, with_global_hash
+
+log = structlog.get_logger("arledger.relay")
+
+
+def ledger_record(position: int, notification_id: int, stored: StoredLedgerEvent, prev_hash_global: str,
+                  hash_global: str | None = None) -> LedgerRecord:
+    """The ar.ledger record of one stored event; computes the global hash unless it is given."""
+    record = LedgerRecord(
+        position=position, notification_id=notification_id, customer_id=stored.customer_id,
+        version=stored.version, kind=stored.kind, envelope_id=stored.envelope_id,
+        recorded_at=stored.recorded_at, schema_version=stored.schema_version, data=stored.data,
+        prev_hash_customer=stored.prev_hash, hash_customer=stored.hash,
+        prev_hash_global=prev_hash_global, hash_global=hash_global or "")
+    if hash_global is None:
+        record = with_global_hash(record, prev_hash_global)
+    return record
+
+
+class Relay:
+    """Publishes the ledger to Kafka; its position lives in the event store (LedgerChain)."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, *, producer: KafkaProducer | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.topic = settings.topic(TOPIC_LEDGER)
+        self.producer = producer or clients.producer(settings, "arledger-relay")
+        self._chain: LedgerChain | None = None
+
+    def run_once(self) -> int:
+        """Chain, publish and confirm one batch; returns the events published."""
+        try:
+            return self._run_once()
+        except Exception:
+            self._chain = None  # reload from the store: the in-memory chain may be ahead of it
+            raise
+
+    def _run_once(self) -> int:
+        if self._chain is None:
+            self._chain = self.ledger.chain()
+        chain = self._chain
+        if chain.pending:
+            return self._publish_pending(chain)
+        events = self.ledger.read_ledger(chain.last_notification_id, RELAY_BATCH_EVENTS_MAX)
+        if not events:
+            return 0
+        started = time.perf_counter()
+        records = []
+        prev_hash = chain.last_hash
+        for offset, (notification_id, stored) in enumerate(events):
+            record = ledger_record(chain.last_position + 1 + offset, notification_id, stored, prev_hash)
+            records.append(record)
+            prev_hash = record.hash_global
+        chain.extend(records[0].position, [r.notification_id for r in records], [r.hash_global for r in records])
+        self.ledger.save(chain)
+        crash_point("relay.after_chain_saved")
+        self._publish(records)
+        crash_point("relay.after_publish")
+        chain.published(records[-1].position)
+        self.ledger.save(chain)
+        log.info("batch_committed", worker="relay", topic=self.topic, first_position=records[0].position,
+                 last_position=records[-1].position, events=len(records),
+                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return len(records)
+
+    def _publish_pending(self, chain: LedgerChain) -> int:
+        """Re-publish what was chained but not confirmed before a crash, with the stored hashes."""
+        pending = [tuple(entry) for entry in chain.pending]
+        first_notification, last_notification = pending[0][1], pending[-1][1]
+        events = dict(self.ledger.read_ledger(first_notification - 1, len(pending), last_notification))
+        records = []
+        prev_hash = self._hash_before(chain, pending[0][0])
+        for position, notification_id, hash_global in pending:
+            record = ledger_record(position, notification_id, events[notification_id], prev_hash, hash_global)
+            records.append(record)
+            prev_hash = hash_global
+        self._publish(records)
+        chain.published(records[-1].position)
+        self.ledger.save(chain)
+        log.info("pending_republished", worker="relay", first_position=records[0].position,
+                 last_position=records[-1].position, events=len(records))
+        return len(records)
+
+    def _hash_before(self, chain: LedgerChain, position: int) -> str:
+        """The global hash of `position - 1`, from the chain's history in the event store."""
+        if position == 1:
+            return GENESIS_HASH
+        for event in reversed(list(self.ledger.repository.event_store.get(chain.id))):
+            if isinstance(event, LedgerChain.Extended) and event.first_position < position:
+                index = position - 1 - event.first_position
+                if index < len(event.hashes):
+                    return event.hashes[index]
+        raise AssertionError(f"no chained hash before position {position}")
+
+    def _publish(self, records: list[LedgerRecord]) -> None:
+        def send_all() -> None:
+            futures = [self.producer.send(self.topic, key=record.customer_id.encode(),
+                                          value=record_encoder.encode(record)) for record in records]
+            self.producer.flush()
+            for future in futures:
+                future.get(timeout=60)
+
+        with_retries(send_all, "publish ar.ledger")
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)

@@ -1,0 +1,76 @@
+"""Runs the workers — ingest, relay, project — in one process, or any one alone (`arledger run WORKER`).
+
+One thread, round robin: each worker does one bounded step in turn. When a
+step found work, the next poll does not wait, so a record flows from
+ar.inbound to the snapshot without idle pauses; when all are idle, each poll
+waits a little. SIGTERM/SIGINT finish the current step, publish a last
+snapshot and close the clients.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import structlog
+
+from arledger.settings import POLL_TIMEOUT_MS, Settings
+from consumers.ingest import IngestWorker
+from consumers.project import Projector
+from consumers.relay import Relay
+from consumers.topics import ensure_topics
+from ledger.account import CreditPolicy
+from ledger.application import Ledger
+
+WORKERS = ("ingest", "relay", "project")
+IDLE_SLEEP_S = 0.05  # the relay has no blocking poll: it sleeps this long when idle
+log = structlog.get_logger("arledger.run")
+
+
+class Runner:
+    def __init__(self, settings: Settings, workers: tuple[str, ...] = WORKERS) -> None:
+        unknown = set(workers) - set(WORKERS)
+        assert not unknown, f"unknown workers {unknown}"
+        self.settings = settings
+        self.stopping = False
+        ensure_topics(settings)
+        policy = CreditPolicy(overdue_tolerance_days=settings.overdue_tolerance_days)
+        self.ingest = IngestWorker(settings, Ledger(settings.store_url, policy=policy)) if "ingest" in workers else None
+        self.relay = Relay(settings, Ledger(settings.store_url, policy=policy)) if "relay" in workers else None
+        self.projector = Projector(settings) if "project" in workers else None
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def step(self, timeout_ms: int) -> int:
+        """One round: each worker does one bounded step; returns how much work was done."""
+        done = 0
+        if self.ingest:
+            done += self.ingest.run_once(timeout_ms)
+        if self.relay:
+            done += self.relay.run_once()
+        if self.projector:
+            done += self.projector.run_once(0 if done else timeout_ms)
+        return done
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        log.info("workers_started", ingest=bool(self.ingest), relay=bool(self.relay), project=bool(self.projector),
+                 kafka=self.settings.kafka_bootstrap, home=str(self.settings.home))
+        idle_timeout_ms = POLL_TIMEOUT_MS
+        try:
+            while not self.stopping and not (until and until()):
+                done = self.step(0 if idle_timeout_ms == 0 else idle_timeout_ms // 4)
+                idle_timeout_ms = 0 if done else POLL_TIMEOUT_MS
+                if not done and self.relay and not self.ingest and not self.projector:
+                    time.sleep(IDLE_SLEEP_S)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for worker in (self.ingest, self.relay, self.projector):
+            if worker is not None:
+                worker.close()
+        log.info("workers_stopped")
