@@ -9,6 +9,10 @@ import sys
 # Each module under arledger.commands registers its own sub-commands.
 COMMAND_MODULES = (
     "arledger.commands.broker",
+    "arledger.commands.run",
+    "arledger.commands.ingest",
+    "arledger.commands.report",
+    "arledger.commands.schema",
 )
 
 

@@ -269,6 +269,19 @@ class Ledger(Application):
             result.append((notification.id, StoredLedgerEvent.from_stored(event.customer_id, event)))
         return result
 
+    def receipt(self, envelope_id: str) -> EnvelopeReceipt | None:
+        """The receipt of an accepted envelope id, read from the store (None: never accepted)."""
+        try:
+            return self.repository.get(receipt_id(envelope_id))
+        except AggregateNotFoundError:
+            return None
+
+    def relay_caught_up(self) -> bool:
+        """True when the relay has chained and published every account event recorded so far."""
+        chain = self.chain()
+        latest = self.max_notification_id()
+        return not chain.pending and not self.read_ledger(chain.last_notification_id, 1, latest)
+
     def max_notification_id(self) -> int:
         return self.recorder.max_notification_id() or 0
 

@@ -1,0 +1,42 @@
+"""`arledger run [WORKER ...]`: the workers, all in one process by default."""
+
+from __future__ import annotations
+
+import argparse
+
+from arledger import logs
+from arledger.settings import Settings
+
+RUN_HELP = """\
+Workers:
+  ingest   ar.inbound → ledger (event store); rejects → ar.rejected; decisions → ar.decisions
+  relay    event store → ar.ledger, in recorded order, hash-chained
+  project  ar.ledger → DuckDB read models; publishes a read-only snapshot every few seconds
+
+Stops gracefully on Ctrl-C or SIGTERM (finishes the batch in hand, publishes a
+last snapshot). Nothing is lost when it is killed instead: every worker resumes
+from its durable position.
+
+examples:
+  arledger run                 # all three workers in this process
+  arledger run ingest          # one worker alone (run the others elsewhere)
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run the workers (ingest, relay, project)",
+                                   description="Run arledger's workers until stopped.", epilog=RUN_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workers", nargs="*", choices=("ingest", "relay", "project"), metavar="WORKER",
+                        help="which workers to run (default: all)")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning (default: info)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from consumers.runner import WORKERS, Runner
+
+    logs.configure(args.log_level)
+    settings = Settings.from_env()
+    Runner(settings, tuple(args.workers) or WORKERS).run()
+    return 0
