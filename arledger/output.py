@@ -70,7 +70,8 @@ def print_table(title: str, rows: list[dict[str, Any]], money_columns: set[str],
     for currency, total in (totals or {}).items():
         table.add_row(*([f"TOTAL {currency}"] + [money(total.get(c)) if c in total else "" for c in columns[1:]]),
                       style="bold")
-    Console(file=sys.stdout).print(table)
+    # Off a terminal rich would wrap at 80 columns: give reports room instead.
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 240).print(table)
 
 
 def _cell(value: Any) -> str:

@@ -29,7 +29,7 @@ from ledger.application import Ledger
 from projections import schema
 from projections.fold import stored_offsets
 
-WAIT_POLL_S = 0.1
+WAIT_POLL_S = 0.2
 
 
 class _KeyProbe(msgspec.Struct):
@@ -115,9 +115,11 @@ def _ingest_committed_past(settings: Settings, published: list[Published]) -> Ca
     for item in published:
         needed[item.partition] = max(needed.get(item.partition, -1), item.offset + 1)
 
+    group_id = settings.topic(INGEST_GROUP_ID)
+
     def check() -> bool:
         with admin_client(settings) as admin:
-            committed = admin.list_consumer_group_offsets(settings.topic(INGEST_GROUP_ID))
+            committed = admin.list_group_offsets(group_id).get(group_id, {})
         return all(committed.get(TopicPartition(topic, p)) is not None
                    and committed[TopicPartition(topic, p)].offset >= offset for p, offset in needed.items())
     return check

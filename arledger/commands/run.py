@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run the workers (ingest, relay, project)",
                                    description="Run arledger's workers until stopped.", epilog=RUN_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workers", nargs="*", choices=("ingest", "relay", "project"), metavar="WORKER",
-                        help="which workers to run (default: all)")
+    parser.add_argument("workers", nargs="*", metavar="WORKER",
+                        help="which workers to run: ingest, relay, project (default: all)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning (default: info)")
     parser.set_defaults(handler=run)
 
@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from consumers.runner import WORKERS, Runner
 
+    unknown = sorted(set(args.workers) - set(WORKERS))
+    if unknown:
+        raise SystemExit(f"arledger run: unknown worker(s) {', '.join(unknown)}; choose from {', '.join(WORKERS)}")
     logs.configure(args.log_level)
     settings = Settings.from_env()
     Runner(settings, tuple(args.workers) or WORKERS).run()
