@@ -282,10 +282,20 @@ def decode_data(raw: RawEnvelope) -> Envelope:
         if _BOUND_MESSAGE.match(message) and _AMOUNT_FIELDS.search("." + path.rpartition(".")[2]):
             raise InvalidAmount(f"data: {message}") from None
         raise InvalidField(f"data: {message}") from None
+    data = _empty_lists_as_none(data)
     _check_sums(data)
     return Envelope(
         id=raw.id, type=raw.type, time=raw.time, customer_id=raw.customer_id, data=data, source=raw.source
     )
+
+
+def _empty_lists_as_none(data: Data) -> Data:
+    """An empty installments/allocations list means none (§8), so it also digests like an absent one."""
+    if isinstance(data, SaleRecordedData) and data.installments == []:
+        return msgspec.structs.replace(data, installments=None)
+    if isinstance(data, PaymentReceivedData) and data.allocations == []:
+        return msgspec.structs.replace(data, allocations=None)
+    return data
 
 
 def _check_sums(data: Data) -> None:
