@@ -389,8 +389,15 @@ class AccountState(Struct, kw_only=True):
         emit(e.PaymentReversed(payment_id=payment.payment_id, amount=payment.amount, reason=data.reason,
                                reversed_on=day))
         for invoice_id, installment, amount, effective_on in allocations:
+            if effective_on > day:
+                # Allocated after the reversal date: from the reversal on, that cash was never there.
+                emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=amount, effective_on=day,
+                                            from_remainder=False))
             emit(e.AllocationReversed(payment_id=payment.payment_id, invoice_id=invoice_id, installment=installment,
                                       amount=amount, effective_on=max(day, effective_on)))
+            if effective_on > day:
+                emit(e.UnappliedCashReturned(source_id=payment.payment_id, amount=amount,
+                                             effective_on=effective_on))
         if remaining:
             emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=remaining,
                                         effective_on=max(day, payment.received_on)))
@@ -597,8 +604,12 @@ class AccountState(Struct, kw_only=True):
         self._move_balance(event.effective_on, event.amount)
 
     def _fold_unapplied_removed(self, event: e.UnappliedCashRemoved) -> None:
-        self._take_from_source("payment", event.source_id, event.amount)
+        if event.from_remainder:
+            self._take_from_source("payment", event.source_id, event.amount)
         self._move_balance(event.effective_on, event.amount)
+
+    def _fold_unapplied_returned(self, event: e.UnappliedCashReturned) -> None:
+        self._move_balance(event.effective_on, -event.amount)
 
     def _fold_item_written_off(self, event: e.ItemWrittenOff) -> None:
         item = self._move_item(event.invoice_id, event.installment, event.effective_on, -event.amount)
@@ -670,6 +681,7 @@ _FOLDERS: dict[type, Callable[[AccountState, Any], None]] = {
     e.PaymentReversed: AccountState._fold_payment_reversed,
     e.AllocationReversed: AccountState._fold_allocation_reversed,
     e.UnappliedCashRemoved: AccountState._fold_unapplied_removed,
+    e.UnappliedCashReturned: AccountState._fold_unapplied_returned,
     e.InvoiceWrittenOff: AccountState._fold_nothing,
     e.ItemWrittenOff: AccountState._fold_item_written_off,
     e.DisputeOpened: AccountState._fold_dispute_opened,

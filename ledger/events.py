@@ -9,7 +9,7 @@ into as-of views by summing, without re-deriving any accounting rule:
   ItemWrittenOff −amount; AllocationReversed +amount);
 - unapplied cash as of D = Σ unapplied deltas with effective_on ≤ D
   (PaymentReceived +amount; CreditNoteExcessUnapplied +amount;
-  CashAllocated −amount; UnappliedCashRemoved −amount).
+  CashAllocated −amount; UnappliedCashRemoved −amount; UnappliedCashReturned +amount).
 
 Events evolve only by adding fields with defaults (STYLE §4); `SCHEMA_VERSION`
 is stamped on each stored event, and `ledger.upcasting` reads older versions.
@@ -204,6 +204,20 @@ class AllocationReversed(DomainEvent, frozen=True, kw_only=True, tag="allocation
 
 
 class UnappliedCashRemoved(DomainEvent, frozen=True, kw_only=True, tag="unapplied_cash.removed"):
+    """A reversal takes cash off the account from its date: the payment's remainder, or (from_remainder
+    false) the part of a later allocation that, as of the days between the reversal and that allocation,
+    was still unapplied."""
+
+    source_id: str
+    amount: int
+    effective_on: dt.date
+    from_remainder: bool = True
+
+
+class UnappliedCashReturned(DomainEvent, frozen=True, kw_only=True, tag="unapplied_cash.returned"):
+    """Undoes, on an allocation's own date, what that allocation took from unapplied cash, when the
+    allocation was made void from an earlier reversal date (see UnappliedCashRemoved)."""
+
     source_id: str
     amount: int
     effective_on: dt.date
@@ -270,7 +284,7 @@ AnyDomainEvent = Union[
     CreditHoldPlaced, CreditHoldReleased, OrderPlaced, OrderApproved, OrderBlocked,
     OrderReleased, OrderCancelled, OrderInvoiced, SaleRecorded, ItemOpened, CreditNoteIssued,
     CreditNoteApplied, CreditNoteExcessUnapplied, PaymentReceived, CashAllocated,
-    PaymentReversed, AllocationReversed, UnappliedCashRemoved, InvoiceWrittenOff,
+    PaymentReversed, AllocationReversed, UnappliedCashRemoved, UnappliedCashReturned, InvoiceWrittenOff,
     ItemWrittenOff, DisputeOpened, DisputeResolved, CollectionActionRecorded, PromiseMade,
     CreditLimitBreached,
 ]

@@ -107,19 +107,21 @@ FOLD_STATEMENTS: tuple[str, ...] = (
     f"""INSERT INTO unapplied_movements
         SELECT position, customer_id,
                CASE kind WHEN 'payment.received' THEN 'payment' WHEN 'credit_note.excess_unapplied' THEN 'credit_note'
-                         WHEN 'unapplied_cash.removed' THEN 'payment' ELSE {_s('source_kind')} END,
+                         WHEN 'unapplied_cash.removed' THEN 'payment' WHEN 'unapplied_cash.returned' THEN 'payment'
+                         ELSE {_s('source_kind')} END,
                CASE kind WHEN 'payment.received' THEN {_s('payment_id')}
                          WHEN 'credit_note.excess_unapplied' THEN {_s('credit_note_id')}
                          ELSE {_s('source_id')} END,
                CASE kind WHEN 'payment.received' THEN 'received' WHEN 'credit_note.excess_unapplied' THEN 'credit'
-                         WHEN 'unapplied_cash.removed' THEN 'reversed' ELSE 'allocated' END,
-               CASE WHEN kind IN ('payment.received', 'credit_note.excess_unapplied') THEN {_i('amount')}
-                    ELSE -{_i('amount')} END,
+                         WHEN 'unapplied_cash.removed' THEN 'reversed' WHEN 'unapplied_cash.returned' THEN 'returned'
+                         ELSE 'allocated' END,
+               CASE WHEN kind IN ('payment.received', 'credit_note.excess_unapplied', 'unapplied_cash.returned')
+                    THEN {_i('amount')} ELSE -{_i('amount')} END,
                CASE kind WHEN 'payment.received' THEN {_d('received_on')} ELSE {_d('effective_on')} END,
                recorded_at
         FROM fresh
         WHERE kind IN ('payment.received', 'credit_note.excess_unapplied', 'cash.allocated',
-                       'unapplied_cash.removed')""",
+                       'unapplied_cash.removed', 'unapplied_cash.returned')""",
     f"""INSERT INTO payments
         SELECT customer_id, {_s('payment_id')}, {_i('amount')}, {_s('currency')}, {_d('received_on')},
                {_s('method')}, {_s('reference')}, recorded_at, position, NULL, NULL, NULL

@@ -381,11 +381,6 @@ def test_reversed_payment_allocations_count_until_the_day_before_the_reversal() 
     assert account.state.balance_as_of(day("2026-03-20")) == 100
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: when part of a payment's remainder was allocated with an effective date after the "
-    "(back-dated) reversal date, that part still counts as unapplied cash between the reversal date "
-    "and the allocation date; fixing it changes what allocation.reversed / unapplied_cash.removed mean "
-    "to the projections, so it needs a coordinated event change"))
 def test_reversal_removes_the_remainder_allocated_after_the_reversal_date_from_that_date() -> None:
     """§7: a reversal removes, from R on, every allocation of its payment and the payment's unapplied remainder."""
     account = given(
