@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from arledger.settings import TOPIC_INBOUND, TOPIC_LEDGER, TOPIC_REJECTED, Settings
 from consumers import clients
@@ -118,8 +119,13 @@ def _ingest_committed_past(settings: Settings, published: list[Published]) -> Ca
     group_id = settings.topic(INGEST_GROUP_ID)
 
     def check() -> bool:
-        with admin_client(settings) as admin:
-            committed = admin.list_group_offsets(group_id).get(group_id, {})
+        try:
+            with admin_client(settings) as admin:
+                committed = admin.list_group_offsets(group_id).get(group_id, {})
+        except KafkaError as error:
+            if not error.retriable:
+                raise
+            return False  # e.g. the group's coordinator is still being elected or loaded: ask again
         return all(committed.get(TopicPartition(topic, p)) is not None
                    and committed[TopicPartition(topic, p)].offset >= offset for p, offset in needed.items())
     return check
