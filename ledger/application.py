@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
@@ -40,8 +41,16 @@ from ledger.upcasting import upcast
 
 ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
 RECEIPT_CACHE_MAX = 200_000  # recent envelope ids: redeliveries after a crash hit this, not the store
+RECEIPT_LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
 SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
 ACCOUNT_EVENT_TOPICS = (get_topic(CustomerAccount.Opened), get_topic(CustomerAccount.Recorded))
+
+
+class _IdProbe(msgspec.Struct):
+    id: Any = None
+
+
+_id_probe = msgspec.json.Decoder(_IdProbe)
 
 
 class InboundRecord(msgspec.Struct, frozen=True):
@@ -112,6 +121,7 @@ class Ledger(Application):
         self._last_recorded_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._accounts: OrderedDict[str, CustomerAccount] = OrderedDict()
         self._receipts: OrderedDict[str, tuple[str, Outcome, str | None]] = OrderedDict()
+        self._stored_receipt_ids: set[str] | None = None
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -121,9 +131,14 @@ class Ledger(Application):
 
     def process_batch(self, records: Iterable[InboundRecord]) -> list[Outcome]:
         """Check and apply a batch; saves all accepted events and receipts atomically."""
+        records = list(records)
         touched: dict[str, CustomerAccount] = {}
         new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]] = {}
-        outcomes = [self._process_one(record, touched, new_receipts) for record in records]
+        self._stored_receipt_ids = self._prefetch_receipt_ids(records)
+        try:
+            outcomes = [self._process_one(record, touched, new_receipts) for record in records]
+        finally:
+            self._stored_receipt_ids = None
         try:
             if touched or new_receipts:
                 self.save(*touched.values(), *(receipt for _, _, receipt in new_receipts.values()))
@@ -221,6 +236,8 @@ class Ledger(Application):
         cached = self._receipts.get(envelope_id)
         if cached is not None:
             return cached
+        if self._stored_receipt_ids is not None and envelope_id not in self._stored_receipt_ids:
+            return None  # the batch look-up found no receipt: a new id, the common case
         try:
             receipt = self.repository.get(receipt_id(envelope_id))
         except AggregateNotFoundError:
@@ -230,6 +247,30 @@ class Ledger(Application):
                           last_version=receipt.last_version)
         self._remember_receipt(envelope_id, receipt.digest, outcome, receipt.origin)
         return receipt.digest, outcome, receipt.origin
+
+    def _prefetch_receipt_ids(self, records: list[InboundRecord]) -> set[str] | None:
+        """Envelope ids of the batch that have a stored receipt, in one query (SQLite); None: ask one by one."""
+        events_table = getattr(self.recorder, "events_table_name", None)
+        datastore = getattr(self.recorder, "datastore", None)
+        if not isinstance(datastore, SQLiteDatastore) or events_table is None:
+            return None
+        wanted: dict[str, str] = {}
+        for record in records:
+            try:
+                envelope_id = _id_probe.decode(record.value).id
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if isinstance(envelope_id, str) and envelope_id not in self._receipts:
+                wanted[receipt_id(envelope_id).hex] = envelope_id
+        found: set[str] = set()
+        keys = list(wanted)
+        with datastore.transaction(commit=False) as cursor:
+            for start in range(0, len(keys), RECEIPT_LOOKUP_CHUNK):
+                chunk = keys[start:start + RECEIPT_LOOKUP_CHUNK]
+                cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
+                               f"AND originator_id IN ({','.join('?' * len(chunk))})", chunk)
+                found.update(wanted[row[0]] for row in cursor.fetchall())
+        return found
 
     def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome, origin: str | None) -> None:
         self._receipts[envelope_id] = (digest, msgspec.structs.replace(outcome, events=[]), origin)
