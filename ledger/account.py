@@ -388,19 +388,21 @@ class AccountState(Struct, kw_only=True):
         allocations = list(payment.allocations)
         emit(e.PaymentReversed(payment_id=payment.payment_id, amount=payment.amount, reason=data.reason,
                                reversed_on=day))
+        # Cash leaves the account from the reversal date, but never before it arrived (a reversal dated
+        # before its payment's received_on would otherwise leave negative unapplied cash in between).
+        removed_on = max(day, payment.received_on)
         for invoice_id, installment, amount, effective_on in allocations:
-            if effective_on > day:
+            if effective_on > removed_on:
                 # Allocated after the reversal date: from the reversal on, that cash was never there.
-                emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=amount, effective_on=day,
+                emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=amount, effective_on=removed_on,
                                             from_remainder=False))
             emit(e.AllocationReversed(payment_id=payment.payment_id, invoice_id=invoice_id, installment=installment,
                                       amount=amount, effective_on=max(day, effective_on)))
-            if effective_on > day:
+            if effective_on > removed_on:
                 emit(e.UnappliedCashReturned(source_id=payment.payment_id, amount=amount,
                                              effective_on=effective_on))
         if remaining:
-            emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=remaining,
-                                        effective_on=max(day, payment.received_on)))
+            emit(e.UnappliedCashRemoved(source_id=payment.payment_id, amount=remaining, effective_on=removed_on))
         self._apply_cash(day, emit)
 
     def _write_off(self, data: c.InvoiceWrittenOffData, day: dt.date, emit: Emit, policy: CreditPolicy) -> None:

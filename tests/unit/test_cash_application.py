@@ -460,3 +460,18 @@ def test_credit_note_reduction_before_issue_takes_effect_on_issued_on() -> None:
     (applied,) = of_kind(events, e.CreditNoteApplied)
     assert applied.effective_on == day("2026-03-10")
     assert account.item("I1").open_as_of(day("2026-03-09")) == 0  # not issued yet: never negative
+
+
+def test_reversal_dated_before_its_payment_removes_the_cash_from_the_payment_date() -> None:
+    """Found by the property tests: the cash never goes negative as of the days before it arrived."""
+    account = given(
+        payment("P1", 100, received_on="2026-03-10"),
+        sale("I1", 60, issued_on="2026-03-01"),  # 60 of P1, effective 10 March (the cash date)
+        reversal("P1", on="2026-03-05"),  # dated before the payment itself
+    )
+
+    removed = {(r.amount, r.effective_on) for r in account.history if isinstance(r, e.UnappliedCashRemoved)}
+    assert removed == {(40, day("2026-03-10"))}
+    assert account.state.balance_as_of(day("2026-03-09")) == 60  # the sale, never the payment
+    assert account.state.balance_as_of(day("2026-03-10")) == 60
+    assert account.item("I1").open_as_of(day("2026-03-10")) == 60

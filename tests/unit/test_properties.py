@@ -1,0 +1,311 @@
+"""Property-based tests (Hypothesis): random histories of facts keep the accounting rules of DESIGN §7.
+
+After every fact: the cash invariant; no open amount negative, also as of every
+business date; a payment or credit note never allocates more than it has; the
+balance equals sales − credit notes − payments + reversed payments − write-offs;
+the as-of views that projections fold from the events (events.py docstring)
+agree with the ledger's own; a rejected fact changes nothing. Over whole
+histories: replaying the stored events, reloading, and reloading from a
+snapshot give the same state, and the Ledger service agrees with the pure rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import builders as b
+from ledger import events as e
+from ledger.account import AccountState
+from ledger.aggregate import account_id
+from ledger.application import Ledger
+from ledger.errors import Rejection
+
+DAY0 = dt.date(2026, 3, 1)
+FAR_FUTURE = dt.date(2100, 1, 1)
+DAYS_SPAN = 60
+
+
+def iso(offset: int) -> str:
+    return (DAY0 + dt.timedelta(days=offset)).isoformat()
+
+
+offsets = st.integers(0, DAYS_SPAN)
+amounts = st.integers(1, 500)
+KINDS = (  # weighted: sales and payments most often
+    ["sale"] * 6 + ["payment"] * 5 + ["credit_note"] * 2 + ["reversal"] * 2 + ["write_off"]
+    + ["dispute_opened"] * 2 + ["dispute_resolved"] * 2 + ["order_placed"] * 2 + ["order_cancelled"]
+    + ["order_released"] + ["hold_placed", "hold_released", "limit_changed", "terms_changed"]
+)
+
+
+def pick(draw: st.DrawFn, known: list[str], fresh: str, fresh_weight: int = 1) -> str:
+    """An id the account knows, or a new one (weighted), so that most references hit."""
+    index = draw(st.integers(0, 2 * len(known) + fresh_weight - 1))
+    return known[index // 2] if index < 2 * len(known) else fresh
+
+
+def draw_sale(draw: st.DrawFn, state: AccountState) -> dict[str, Any]:
+    cid = state.customer_id
+    invoice_id = pick(draw, sorted(state.invoices), f"I{len(state.invoices)}", fresh_weight=8)
+    amount, issued = draw(amounts), draw(offsets)
+    order_id = pick(draw, sorted(state.orders), "O-unknown") if draw(st.booleans()) else None
+    shape = draw(st.sampled_from(["terms", "due_on", "installments"]))
+    if shape == "terms":
+        return b.sale(invoice_id, amount, issued_on=iso(issued), order_id=order_id, customer_id=cid)
+    if shape == "due_on":
+        return b.sale(invoice_id, amount, issued_on=iso(issued), due_on=iso(issued + draw(st.integers(0, 45))),
+                      order_id=order_id, customer_id=cid)
+    parts = min(amount, draw(st.integers(1, 3)))
+    cuts = sorted(draw(st.sets(st.integers(1, amount - 1), min_size=parts - 1, max_size=parts - 1))) if parts > 1 else []
+    pieces = [high - low for low, high in zip([0, *cuts], [*cuts, amount])]
+    dues = sorted(draw(st.lists(st.integers(-10, 60), min_size=len(pieces), max_size=len(pieces))))
+    return b.sale(invoice_id, amount, issued_on=iso(issued), order_id=order_id, customer_id=cid,
+                  installments=[(iso(issued + due), piece) for due, piece in zip(dues, pieces)])
+
+
+def draw_payment(draw: st.DrawFn, state: AccountState) -> dict[str, Any]:
+    payment_id = pick(draw, sorted(state.payments), f"P{len(state.payments)}", fresh_weight=8)
+    amount = draw(st.integers(1, 600))
+    allocations = None
+    if draw(st.booleans()):
+        allocations = [(pick(draw, sorted(state.invoices), "I-unknown"), draw(st.integers(1, 200)))
+                       for _ in range(draw(st.integers(0, 2)))]
+        if sum(part for _, part in allocations) > amount:
+            allocations = None
+    return b.payment(payment_id, amount, received_on=iso(draw(offsets)), allocations=allocations,
+                     customer_id=state.customer_id)
+
+
+@st.composite
+def next_fact(draw: st.DrawFn, state: AccountState) -> dict[str, Any]:
+    """The next fact for this account; ids mostly ones it knows (built lazily: strategies are costly)."""
+    kind = draw(st.sampled_from(KINDS))
+    cid, on = state.customer_id, iso(draw(offsets))
+    if kind == "sale":
+        return draw_sale(draw, state)
+    if kind == "payment":
+        return draw_payment(draw, state)
+    invoice = pick(draw, sorted(state.invoices), "I-unknown")
+    if kind == "credit_note":
+        credit_note_id = pick(draw, sorted(state.credit_notes), f"CN{len(state.credit_notes)}", fresh_weight=8)
+        return b.credit_note(credit_note_id, invoice, draw(st.integers(1, 300)), on=on, customer_id=cid)
+    if kind == "reversal":
+        return b.reversal(pick(draw, sorted(state.payments), "P-unknown"), on=on, customer_id=cid)
+    if kind == "write_off":
+        amount = draw(st.integers(1, 300)) if draw(st.booleans()) else None
+        return b.write_off(invoice, on=on, amount=amount, customer_id=cid)
+    if kind == "dispute_opened":
+        return b.dispute_opened(invoice, on=on, customer_id=cid)
+    if kind == "dispute_resolved":
+        disputed = sorted(i for i, invoice in state.invoices.items() if invoice.disputed)
+        return b.dispute_resolved(pick(draw, disputed, invoice), on=on, customer_id=cid)
+    order = pick(draw, sorted(state.orders), f"O{len(state.orders)}")
+    if kind == "order_placed":
+        return b.order_placed(order, draw(amounts), on=on, customer_id=cid)
+    if kind == "order_cancelled":
+        return b.order_cancelled(order, on=on, customer_id=cid)
+    if kind == "order_released":
+        blocked = sorted(o for o, record in state.orders.items() if record.status == "blocked")
+        return b.order_released(pick(draw, blocked, order), on=on, customer_id=cid)
+    if kind == "hold_placed":
+        return b.hold_placed(on=on, customer_id=cid)
+    if kind == "hold_released":
+        return b.hold_released(on=on, customer_id=cid)
+    if kind == "limit_changed":
+        return b.limit_changed(draw(st.integers(0, 2000)), on=on, customer_id=cid)
+    assert kind == "terms_changed", kind
+    return b.terms_changed(draw(st.integers(0, 60)), on=on, customer_id=cid)
+
+
+def registration(customer_id: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda limit, terms: b.registered(limit=limit, terms=terms, customer_id=customer_id),
+                     st.integers(0, 2000), st.integers(0, 60))
+
+
+# -- What projections fold from the events (the events.py docstring) ------------------------------
+
+def folded_deltas(history: list[e.DomainEvent]) -> list[tuple[dt.date, str | None, int]]:
+    """(effective date, item key or None for unapplied cash, delta), as a read model folds the events."""
+    deltas: list[tuple[dt.date, str | None, int]] = []
+    for event in history:
+        key = f"{getattr(event, 'invoice_id', '')}#{getattr(event, 'installment', '')}"
+        if isinstance(event, e.ItemOpened):
+            deltas.append((event.issued_on, key, event.amount))
+        elif isinstance(event, (e.CreditNoteApplied, e.ItemWrittenOff)):
+            deltas.append((event.effective_on, key, -event.amount))
+        elif isinstance(event, e.AllocationReversed):
+            deltas.append((event.effective_on, key, event.amount))
+        elif isinstance(event, e.CashAllocated):
+            deltas += [(event.effective_on, key, -event.amount), (event.effective_on, None, -event.amount)]
+        elif isinstance(event, e.PaymentReceived):
+            deltas.append((event.received_on, None, event.amount))
+        elif isinstance(event, (e.CreditNoteExcessUnapplied, e.UnappliedCashReturned)):
+            deltas.append((event.effective_on, None, event.amount))
+        elif isinstance(event, e.UnappliedCashRemoved):
+            deltas.append((event.effective_on, None, -event.amount))
+    return sorted(deltas, key=lambda delta: delta[0])
+
+
+def folded_views(history: list[e.DomainEvent]) -> dict[dt.date, tuple[dict[str, int], int]]:
+    """As of each date where something moves (and the day before): open per item and unapplied cash."""
+    deltas = folded_deltas(history)
+    dates = sorted({d for d, _, _ in deltas} | {d - dt.timedelta(days=1) for d, _, _ in deltas})
+    views: dict[dt.date, tuple[dict[str, int], int]] = {}
+    opened: dict[str, int] = defaultdict(int)
+    unapplied, index = 0, 0
+    for as_of in dates:
+        while index < len(deltas) and deltas[index][0] <= as_of:
+            _, key, delta = deltas[index]
+            if key is None:
+                unapplied += delta
+            else:
+                opened[key] += delta
+            index += 1
+        views[as_of] = (dict(opened), unapplied)
+    return views
+
+
+# -- The checks after each fact ---------------------------------------------------------------------
+
+class Books:
+    """The expected balance, kept from the accepted facts: sales − notes − payments + reversed − written off."""
+
+    def __init__(self) -> None:
+        self.balance = 0
+        self.payment_amounts: dict[str, int] = {}
+
+    def record(self, raw: dict[str, Any], events: list[e.DomainEvent]) -> None:
+        data = raw["data"]
+        if raw["type"] == "sale.recorded":
+            self.balance += data["amount"]
+        elif raw["type"] == "credit_note.issued":
+            self.balance -= data["amount"]
+        elif raw["type"] == "payment.received":
+            self.balance -= data["amount"]
+            self.payment_amounts[data["payment_id"]] = data["amount"]
+        elif raw["type"] == "payment.reversed":
+            self.balance += self.payment_amounts[data["payment_id"]]
+        elif raw["type"] == "invoice.written_off":
+            (written_off,) = b.of_kind(events, e.InvoiceWrittenOff)
+            assert data.get("amount") in (None, written_off.amount)
+            self.balance -= written_off.amount
+
+
+def check_account(account: b.Account, books: Books) -> None:
+    state, history = account.state, account.history
+    b.assert_cash_invariant(state)
+    assert state.unapplied() >= 0
+    assert all(item.open >= 0 for item in state.items.values())
+    assert state.balance_as_of(FAR_FUTURE) == books.balance
+    assert state.balance_as_of(FAR_FUTURE) == sum(i.open for i in state.items.values()) - state.unapplied()
+
+    for as_of, (folded, unapplied) in folded_views(history).items():
+        for key, item in state.items.items():
+            open_as_of = item.open_as_of(as_of)
+            assert open_as_of >= 0, f"{key} open {open_as_of} as of {as_of}"
+            assert folded.get(key, 0) == open_as_of, f"{key} as of {as_of}"
+        assert unapplied >= 0, f"unapplied {unapplied} as of {as_of}"
+        assert state.balance_as_of(as_of) == sum(folded.values()) - unapplied, f"balance as of {as_of}"
+
+    allocated: dict[tuple[str, str], int] = defaultdict(int)
+    for event in history:
+        if isinstance(event, e.CashAllocated):
+            allocated[(event.source_kind, event.source_id)] += event.amount
+        elif isinstance(event, e.CreditNoteApplied):
+            allocated[("credit_note", event.credit_note_id)] += event.amount
+    for (kind, source_id), total in allocated.items():
+        limit = state.payments[source_id].amount if kind == "payment" else state.credit_notes[source_id]
+        assert total <= limit, f"{kind} {source_id} allocated {total} of {limit}"
+    for record in state.payments.values():
+        live = sum(amount for _, _, amount, _ in record.allocations)
+        assert live <= record.amount
+
+
+class Run:
+    """The pure rules driven fact by fact, checked after each; remembers the facts and which were accepted."""
+
+    def __init__(self, customer_id: str) -> None:
+        self.account, self.books = b.Account(customer_id=customer_id), Books()
+        self.facts: list[dict[str, Any]] = []
+        self.accepted: list[bool] = []
+
+    def apply(self, raw: dict[str, Any]) -> None:
+        self.facts.append(raw)
+        before = msgspec.to_builtins(self.account.state)
+        try:
+            events = self.account.when(raw)
+        except Rejection:
+            assert msgspec.to_builtins(self.account.state) == before, "a rejected fact changed the state"
+            self.accepted.append(False)
+            return
+        self.accepted.append(True)
+        self.books.record(raw, events)
+        check_account(self.account, self.books)
+
+
+def draw_history(data: st.DataObject, customer_id: str, steps_max: int) -> Run:
+    run = Run(customer_id)
+    run.apply(data.draw(registration(customer_id), label=f"{customer_id} registration"))
+    for _ in range(data.draw(st.integers(3, steps_max), label=f"{customer_id} steps")):
+        run.apply(data.draw(next_fact(run.account.state)))
+    return run
+
+
+# -- Properties ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_histories_keep_the_accounting_rules(data: st.DataObject) -> None:
+    run = draw_history(data, b.CUSTOMER, steps_max=40)
+
+    replayed = AccountState(customer_id=b.CUSTOMER)
+    for event in run.account.history:
+        replayed.fold(event)
+    assert msgspec.to_builtins(replayed) == msgspec.to_builtins(run.account.state)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.randoms(use_true_random=False), st.integers(1, 6))
+def test_the_ledger_service_agrees_with_the_rules_and_replays_reloads_and_snapshots_the_same(
+        data: st.DataObject, random, batch_size: int) -> None:
+    runs = {cid: draw_history(data, cid, steps_max=20) for cid in ("C1", "C2")}
+    # Interleave the two customers at random, each keeping its own order.
+    lanes = [cid for cid, run in runs.items() for _ in run.facts]
+    random.shuffle(lanes)
+    cursors = {cid: iter(run.facts) for cid, run in runs.items()}
+    interleaved = [next(cursors[cid]) for cid in lanes]
+
+    with tempfile.TemporaryDirectory() as directory:
+        store_url = f"sqlite:///{Path(directory) / 'ledger.sqlite'}"
+        ledger = Ledger(store_url)
+        outcomes = []
+        for start in range(0, len(interleaved), batch_size):
+            outcomes += b.process(ledger, *interleaved[start:start + batch_size])
+
+        for customer_id, run in runs.items():
+            own = [o.status == "accepted" for o, raw in zip(outcomes, interleaved) if raw["customer_id"] == customer_id]
+            assert own == run.accepted
+            state = msgspec.to_builtins(run.account.state)
+            assert msgspec.to_builtins(ledger.account(customer_id)) == state
+
+            replayed = AccountState(customer_id=customer_id)
+            for stored in ledger.stored_events(customer_id):
+                replayed.fold(stored.event)
+            assert msgspec.to_builtins(replayed) == state
+
+            assert msgspec.to_builtins(Ledger(store_url).account(customer_id)) == state
+            ledger.take_snapshot(account_id(customer_id))
+            assert msgspec.to_builtins(Ledger(store_url).account(customer_id)) == state
+
+        # Sent again: every accepted fact is a duplicate (a rejected one may now pass: it claimed no id).
+        again = b.process(Ledger(store_url), *interleaved)
+        assert [o.status == "duplicate" for o in again] == [o.status == "accepted" for o in outcomes]
