@@ -106,7 +106,7 @@ PAYMENT_METHODS = {
 BAD_KINDS = ("invalid_json", "invalid_envelope", "invalid_field", "unknown_type", "invalid_amount",
              "unknown_customer", "unknown_invoice", "currency_mismatch", "duplicate_conflict", "duplicate")
 BAD_SHARE_MAX = 0.5
-CONFLICT_POOL_MAX = 512             # earlier accepted envelopes a conflicting re-send can copy
+CONFLICT_POOL_MAX = 64              # earlier accepted envelopes a conflicting re-send can copy
 SWEEP_EVERY_DAYS = 30               # forget settled invoices that no task will visit again
 # The state is many small long-lived objects: the default GC thresholds rescan them all the time
 # (40 % of the run time at 10,000 customers). write_jsonl raises them while it runs.
