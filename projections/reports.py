@@ -163,3 +163,35 @@ def balances(connection: duckdb.DuckDBPyConnection, as_of: dt.date,
         if row["last_payment_on"] is not None:
             row["last_payment_on"] = row["last_payment_on"].isoformat()
     return {"as_of": as_of.isoformat(), "known_at": format_known_at(known_at), "rows": rows}
+
+
+GROUP_DIMENSIONS = ("customer", "salesperson", "grade", "currency")
+
+
+def dimension_keys(connection: duckdb.DuckDBPyConnection, by: str, as_of: dt.date,
+                   known_at: dt.datetime | None = None) -> dict[str, str]:
+    """{customer_id: its group key} for `--by`: the registered salesperson ("" if none), the grade in force
+    as of `as_of` ("" if none), the currency, or the customer itself."""
+    if by not in GROUP_DIMENSIONS:
+        raise ValueError(f"--by must be one of {', '.join(GROUP_DIMENSIONS)}, got {by!r}")
+    column = {"customer": "customer_id", "salesperson": "coalesce(salesperson, '')", "currency": "currency",
+              "grade": "coalesce(g.value, '')"}[by]
+    sql = f"""WITH grades AS ({latest_credit_value_sql('grade', 'value_text')})
+              SELECT c.customer_id, {column} AS key FROM customers c LEFT JOIN grades g USING (customer_id)
+              WHERE c.recorded_at <= $known_at"""
+    return dict(connection.execute(sql, params(as_of, known_at)).fetchall())
+
+
+def group_rows(rows: list[dict[str, Any]], keys: dict[str, str], by: str,
+               sum_columns: list[str]) -> list[dict[str, Any]]:
+    """Per-customer rows summed per (group key, currency), never adding currencies; `customers` counts rows."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = keys.get(row["customer_id"], "")
+        name = "customer_id" if by == "customer" else by
+        head = {"currency": row["currency"]} if by == "currency" else {name: key, "currency": row["currency"]}
+        group = groups.setdefault((key, row["currency"]), {**head, "customers": 0, **dict.fromkeys(sum_columns, 0)})
+        group["customers"] += 1
+        for column in sum_columns:
+            group[column] += row[column]
+    return [groups[key] for key in sorted(groups)]
