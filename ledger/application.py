@@ -163,7 +163,9 @@ class Ledger(Application):
         raw: c.RawEnvelope | None = None
         try:
             raw = c.decode_envelope(record.value)
-            if record.key is not None and record.key != raw.customer_id.encode():
+            # §8: a Kafka record's key must be the customer_id (a keyless one lands on any partition);
+            # only a record that did not come from Kafka (no origin) may come without a key.
+            if (record.key is not None or record.origin is not None) and record.key != raw.customer_id.encode():
                 raise InvalidEnvelope(
                     f"record key {record.key!r} is not the envelope's customer_id {raw.customer_id!r}")
             known = self._find_receipt(raw.id, new_receipts)

@@ -16,6 +16,7 @@ from builders import (
     credit_note,
     dispute_opened,
     dispute_resolved,
+    encode,
     fact,
     hold_released,
     order_cancelled,
@@ -165,6 +166,15 @@ def test_record_key_must_equal_the_customer_id(ledger: Ledger) -> None:
 
     assert (outcome.reason, outcome.envelope_id, outcome.customer_id) == ("invalid_envelope", raw["id"], "C1")
     assert ledger.process_batch([record(raw, key=None)])[0].status == "accepted"  # no key (a file): fine
+
+
+def test_a_kafka_record_without_a_key_is_invalid_envelope(ledger: Ledger) -> None:
+    raw = registered()
+
+    (outcome,) = ledger.process_batch([InboundRecord(value=encode(raw), key=None, origin="ar.inbound:0:7")])
+
+    assert outcome.reason == "invalid_envelope"
+    assert ledger.account("C1") is None
 
 
 def test_rejected_outcome_of_bad_json_names_nothing(ledger: Ledger) -> None:
