@@ -342,7 +342,7 @@ def test_a_failed_save_writes_nothing_and_the_retry_gives_the_same_outcomes(
     def broken_save(*_: Any, **__: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(ledger, "save", broken_save)
+    monkeypatch.setattr(ledger, "_record", broken_save)  # where the batch is written
     with pytest.raises(OSError):
         ledger.process_batch(batch)
     monkeypatch.undo()
@@ -412,6 +412,29 @@ def test_customer_hash_chain_links_every_event_and_recomputes(ledger: Ledger) ->
         assert event.hash == chain_hash(previous, body)
         previous = event.hash
     assert len(stored) == 8
+
+
+def assert_chain_intact(ledger: Ledger, customer_id: str = "C1") -> int:
+    previous = GENESIS_HASH
+    stored = list(ledger.stored_events(customer_id))
+    for event in stored:
+        body = customer_hash_body(kind=event.kind, customer_id=customer_id, envelope_id=event.envelope_id,
+                                  version=event.version, recorded_at=event.recorded_at,
+                                  schema_version=event.schema_version, data=event.data)
+        assert (event.prev_hash, event.hash) == (previous, chain_hash(previous, body)), f"version {event.version}"
+        previous = event.hash
+    return len(stored)
+
+
+def test_the_chain_continues_across_a_snapshot_and_a_new_process(store_url: str) -> None:
+    first = Ledger(store_url)
+    process(first, registered(), sale("I1", 100, issued_on="2026-03-01"))
+    first.take_snapshot(account_id("C1"))
+
+    second = Ledger(store_url)  # loads the account from the snapshot, last hash included
+    process(second, payment("P1", 60, received_on="2026-03-02"), sale("I2", 10, issued_on="2026-03-03"))
+
+    assert assert_chain_intact(Ledger(store_url)) == 7
 
 
 def test_a_changed_event_breaks_the_chain(ledger: Ledger) -> None:
