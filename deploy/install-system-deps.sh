@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools arledger's build needs, and only those missing:
-#   java (17+) runs the local Kafka broker; mvn fetches its jars (`make jars`).
+#   java (17+) runs the local Kafka broker; mvn fetches its jars (`make jars`);
+#   PostgreSQL's server binaries run the PostgreSQL event-store tests (initdb, pg_ctl).
 # Debian's default-jre-headless is Java 17 on bookworm and 21 on trixie: both fit.
 # Called by the Makefile before anything that needs them; a no-op when present.
 set -euo pipefail
@@ -8,6 +9,7 @@ set -euo pipefail
 packages=()
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then

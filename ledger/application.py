@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError, Application
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import JSONTranscoder
 from eventsourcing.sqlite import SQLiteDatastore
 
@@ -90,7 +92,7 @@ def store_environment(store_url: str) -> dict[str, str]:
         return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": parsed.path.lstrip("/"),
                 "POSTGRES_HOST": parsed.hostname or "127.0.0.1", "POSTGRES_PORT": str(parsed.port or 5432),
                 "POSTGRES_USER": unquote(parsed.username or ""), "POSTGRES_PASSWORD": unquote(parsed.password or ""),
-                "POSTGRES_CREATE_TABLE": "y"}
+                "CREATE_TABLE": "y", "POSTGRES_LOCK_TIMEOUT": "30", "POSTGRES_POOL_SIZE": "4"}
     if parsed.scheme == "memory":
         return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
     raise ValueError(f"unsupported event store URL {store_url!r}: use sqlite:///PATH, postgresql://... or memory://")
@@ -122,6 +124,7 @@ class Ledger(Application):
         self._accounts: OrderedDict[str, CustomerAccount] = OrderedDict()
         self._receipts: OrderedDict[str, tuple[str, Outcome, str | None]] = OrderedDict()
         self._stored_receipt_ids: set[str] | None = None
+        self._batch_events: list[Any] = []  # this batch's new stored events, in recorded order
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -135,13 +138,15 @@ class Ledger(Application):
         touched: dict[str, CustomerAccount] = {}
         new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]] = {}
         self._stored_receipt_ids = self._prefetch_receipt_ids(records)
+        self._batch_events = []
         try:
             outcomes = [self._process_one(record, touched, new_receipts) for record in records]
         finally:
             self._stored_receipt_ids = None
         try:
-            if touched or new_receipts:
-                self.save(*touched.values(), *(receipt for _, _, receipt in new_receipts.values()))
+            if self._batch_events:
+                self._save_in_recorded_order(
+                    self._batch_events, [*touched.values(), *(receipt for _, _, receipt in new_receipts.values())])
         except BaseException:
             for customer_id in touched:  # their in-memory state is ahead of the store: reload next time
                 self._accounts.pop(customer_id, None)
@@ -149,6 +154,18 @@ class Ledger(Application):
         for envelope_id, (digest, outcome, receipt) in new_receipts.items():
             self._remember_receipt(envelope_id, digest, outcome, receipt.origin)
         return outcomes
+
+    def _save_in_recorded_order(self, events: list[Any], aggregates: list[Any]) -> None:
+        """Like `save(*aggregates)`, but the notification log gets the events in the order they were
+        recorded across customers (save() would group them per aggregate)."""
+        for aggregate in aggregates:
+            aggregate.collect_events()  # taken in `events` already, in recorded order
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        processing_event.collect_events(*events)
+        processing_event.aggregates.update({aggregate.id: aggregate for aggregate in aggregates})
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
 
     def _next_recorded_at(self) -> str:
         """Strictly increasing recorded times within this process, stamped by the service (§2)."""
@@ -200,9 +217,12 @@ class Ledger(Application):
                 raise UnknownCustomer(f"unknown customer {envelope.customer_id!r}")
             account, emitted = CustomerAccount.open(envelope, recorded_at)
             first_version = 1
+            pending_before = 0
         else:
             first_version = account.version + 1
+            pending_before = len(account.pending_events)
             emitted = account.handle(envelope, recorded_at, self.policy)
+        self._batch_events.extend(account.pending_events[pending_before:])
         touched[envelope.customer_id] = account
         self._accounts[envelope.customer_id] = account
         self._accounts.move_to_end(envelope.customer_id)
@@ -214,6 +234,7 @@ class Ledger(Application):
                                   type=envelope.type, first_version=first_version, last_version=account.version,
                                   recorded_at=recorded_at, origin=origin)
         new_receipts[envelope.id] = (digest, outcome, receipt)
+        self._batch_events.extend(receipt.pending_events)
         return outcome
 
     def _load_account(self, customer_id: str) -> CustomerAccount | None:

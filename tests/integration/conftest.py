@@ -129,3 +129,33 @@ def kafka_env(kafka_settings: Settings) -> dict[str, str]:
         "ARLEDGER_PARTITIONS": str(kafka_settings.partitions),
         "ARLEDGER_REPLICATION_FACTOR": str(kafka_settings.replication_factor),
     }
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["PostgresServer"]:
+    """A real PostgreSQL server (Debian's binaries) on 127.0.0.1 for the session, stopped at the end."""
+    from tests.integration.postgres_server import PostgresServer
+
+    import shutil
+    import tempfile
+
+    # As root the server runs as `nobody`, who must reach its folder: pytest's and CI's temp
+    # folders are private (0700), so the cluster lives in a folder of its own under /tmp.
+    root = Path(tempfile.mkdtemp(prefix="arledger-pg-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    server = PostgresServer(root / "cluster")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The event store URL, once per backend: the same tests run on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database("t" + uuid.uuid4().hex[:12])
