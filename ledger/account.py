@@ -26,6 +26,7 @@ from ledger.errors import (
     CustomerExists,
     DuplicateReference,
     InvalidAmount,
+    InvalidField,
     InvalidState,
     UnknownCustomer,
     UnknownInvoice,
@@ -302,7 +303,7 @@ class AccountState(Struct, kw_only=True):
         if data.installments:
             schedule = [(inst.due_on, inst.amount) for inst in data.installments]
         else:
-            due_on = data.due_on or data.issued_on + dt.timedelta(days=self.payment_terms_days)
+            due_on = data.due_on or _default_due_on(data.issued_on, self.payment_terms_days)
             schedule = [(due_on, data.amount)]
         exposure_before = self.exposure_as_of(day)
         emit(e.SaleRecorded(
@@ -632,6 +633,15 @@ class AccountState(Struct, kw_only=True):
 
     def _fold_promise(self, event: e.PromiseMade) -> None:
         self.promises[event.promise_id] = event.amount
+
+
+def _default_due_on(issued_on: dt.date, terms_days: int) -> dt.date:
+    """issued_on + terms; past the last representable date it is a bad date, not a crash (a poison record)."""
+    try:
+        return issued_on + dt.timedelta(days=terms_days)
+    except OverflowError:
+        raise InvalidField(f"issued_on {issued_on} plus {terms_days} days of payment terms is past "
+                           f"{dt.date.max}; give due_on") from None
 
 
 def _effective(item: Item, cause_on: dt.date, source_on: dt.date) -> dt.date:

@@ -260,7 +260,10 @@ def decode_envelope(raw: bytes) -> RawEnvelope:
     if envelope.time.tzinfo is None:  # no offset means UTC (§8)
         envelope = msgspec.structs.replace(envelope, time=envelope.time.replace(tzinfo=dt.UTC))
     else:
-        envelope = msgspec.structs.replace(envelope, time=envelope.time.astimezone(dt.UTC))
+        try:
+            envelope = msgspec.structs.replace(envelope, time=envelope.time.astimezone(dt.UTC))
+        except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00: a poison record if it escaped as an error
+            raise InvalidEnvelope(f"envelope: time {envelope.time.isoformat()} is out of range in UTC") from None
     return envelope
 
 

@@ -177,6 +177,21 @@ def test_a_kafka_record_without_a_key_is_invalid_envelope(ledger: Ledger) -> Non
     assert ledger.account("C1") is None
 
 
+@pytest.mark.parametrize("raw, code", [
+    ({**payment("P1", 100, received_on="2026-01-01"), "time": "9999-12-31T23:59:59-05:00"}, "invalid_envelope"),
+    ({**payment("P1", 100, received_on="2026-01-01"), "time": "0001-01-01T00:00:00+05:00"}, "invalid_envelope"),
+    (sale("I1", 100, issued_on="9999-12-31"), "invalid_field"),  # + 30 days of terms: no such date
+], ids=["time after year 9999 in UTC", "time before year 1 in UTC", "default due date after year 9999"])
+def test_dates_at_the_edge_of_the_calendar_are_rejected_not_raised(ledger: Ledger, raw, code: str) -> None:
+    """A record that raised would be retried forever: a poison record stalling its partition."""
+    process(ledger, registered(terms=30))
+
+    (outcome,) = process(ledger, raw)
+
+    assert outcome.reason == code, outcome.message
+    assert process(ledger, sale("I2", 100, issued_on="9999-12-31", due_on="9999-12-31"))[0].status == "accepted"
+
+
 def test_rejected_outcome_of_bad_json_names_nothing(ledger: Ledger) -> None:
     (outcome,) = ledger.process_batch([InboundRecord(value=b"nope", key=b"C1")])
 
