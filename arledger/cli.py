@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "arledger.commands.report",
     "arledger.commands.schema",
     "arledger.commands.generate",
+    "arledger.commands.audit",
 )
 
 
