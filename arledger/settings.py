@@ -53,6 +53,16 @@ class Settings:
     replication_factor: int = 1
     topic_prefix: str = ""
     overdue_tolerance_days: int = 30
+    min_insync_replicas: int | None = None  # for created topics; None: the cluster's default
+    client_id_prefix: str = "arledger"
+    # Connecting to a secured cluster (TLS and/or SASL), as kafka-python names them.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -68,7 +78,30 @@ class Settings:
             replication_factor=int(_env("ARLEDGER_REPLICATION_FACTOR", "1")),
             topic_prefix=_env("ARLEDGER_TOPIC_PREFIX", ""),
             overdue_tolerance_days=int(_env("ARLEDGER_OVERDUE_TOLERANCE_DAYS", "30")),
+            min_insync_replicas=int(value) if (value := os.environ.get("ARLEDGER_MIN_INSYNC_REPLICAS")) else None,
+            client_id_prefix=_env("ARLEDGER_CLIENT_ID", "arledger"),
+            security_protocol=_env("ARLEDGER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=os.environ.get("ARLEDGER_KAFKA_SASL_MECHANISM") or None,
+            sasl_username=os.environ.get("ARLEDGER_KAFKA_SASL_USERNAME") or None,
+            sasl_password=os.environ.get("ARLEDGER_KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=os.environ.get("ARLEDGER_KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=os.environ.get("ARLEDGER_KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=os.environ.get("ARLEDGER_KAFKA_SSL_KEYFILE") or None,
         )
+
+    def kafka_security(self) -> dict[str, object]:
+        """kafka-python keyword arguments that connect to this cluster (every client gets them)."""
+        options: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            options.update(sasl_mechanism=self.sasl_mechanism or "PLAIN", sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        if self.security_protocol.endswith("SSL"):
+            options.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
+                           ssl_check_hostname=True)
+        return options
+
+    def client_id(self, role: str) -> str:
+        return f"{self.client_id_prefix}-{role}"
 
     @property
     def controller_port(self) -> int:

@@ -20,7 +20,8 @@ def producer(settings: Settings, client_id: str) -> KafkaProducer:
     """Idempotent producer, acks from all in-sync replicas: at-least-once without reordering."""
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
-        client_id=client_id,
+        client_id=settings.client_id(client_id.removeprefix("arledger-")),
+        **settings.kafka_security(),
         acks="all",
         enable_idempotence=True,
         linger_ms=PRODUCER_LINGER_MS,
@@ -37,7 +38,8 @@ def group_consumer(settings: Settings, topic: str, group_id: str, client_id: str
     """A consumer in a group, auto-commit off: offsets are committed only after the effect is durable."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        client_id=client_id,
+        client_id=settings.client_id(client_id.removeprefix("arledger-")),
+        **settings.kafka_security(),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -57,7 +59,8 @@ def assigned_consumer(settings: Settings, client_id: str, max_poll_records: int)
     """A consumer without a group: the caller assigns partitions and seeks to offsets it stores itself."""
     return KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        client_id=client_id,
+        client_id=settings.client_id(client_id.removeprefix("arledger-")),
+        **settings.kafka_security(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

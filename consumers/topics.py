@@ -30,7 +30,8 @@ def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
     """A KafkaAdminClient on `settings.kafka_bootstrap`, closed on exit."""
     admin = KafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
-        client_id="arledger-topics",
+        client_id=settings.client_id("topics"),
+        **settings.kafka_security(),
         request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS,
         bootstrap_timeout_ms=ADMIN_BOOTSTRAP_TIMEOUT_MS,
     )
@@ -50,7 +51,9 @@ def topic_spec(settings: Settings, name: str) -> dict[str, object]:
     return {
         "num_partitions": settings.partitions,
         "replication_factor": settings.replication_factor,
-        "configs": dict(TOPIC_CONFIGS.get(name, {})),
+        "configs": {**TOPIC_CONFIGS.get(name, {}),
+                    **({"min.insync.replicas": str(settings.min_insync_replicas)}
+                       if settings.min_insync_replicas else {})},
     }
 
 
