@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "arledger.commands.schema",
     "arledger.commands.generate",
     "arledger.commands.audit",
+    "arledger.commands.rebuild",
+    "arledger.commands.sql",
 )
 
 

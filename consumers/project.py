@@ -20,6 +20,7 @@ from kafka import KafkaConsumer
 from arledger.settings import PROJECT_BATCH_EVENTS_MAX, SNAPSHOT_INTERVAL_S, TOPIC_LEDGER, Settings
 from consumers import clients
 from consumers.faults import crash_point
+from consumers.rebuild import adopt_rebuilt, announce_projector, rebuilt_path, swap_lock
 from projections import schema
 from projections.fold import apply_batch, stored_offsets
 
@@ -44,22 +45,60 @@ class Projector:
         self.path = path or settings.projection_path
         self.snapshot_path = snapshot_path or settings.snapshot_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = schema.connect(str(self.path))
+        self.rebuilt_path = rebuilt_path(self.path)  # `arledger rebuild` hands its file over here
+        # A rebuilt file may lag the published snapshot: hold snapshots until it has caught up with that.
+        self._snapshot_floor = self._offsets_of(self.snapshot_path) if self.rebuilt_path.exists() else None
+        with swap_lock(self.path):
+            adopt_rebuilt(self.path)
+            self.connection = schema.connect(str(self.path))
+            self._presence = announce_projector(self.path)  # tells `arledger rebuild` to hand over, not install
         schema.create_schema(self.connection)
         self.consumer = consumer or clients.assigned_consumer(settings, "arledger-project", PROJECT_BATCH_EVENTS_MAX)
-        partitions = clients.partitions_of(self.consumer, self.topic)
-        self.consumer.assign(partitions)
-        offsets = stored_offsets(self.connection, self.topic)
-        for partition in partitions:
-            if partition.partition in offsets:
-                self.consumer.seek(partition, offsets[partition.partition])
-            else:
-                self.consumer.seek_to_beginning(partition)
+        self.partitions = clients.partitions_of(self.consumer, self.topic)
+        self.consumer.assign(self.partitions)
+        self._seek_to_stored_offsets()
         self._dirty = True
         self._last_snapshot = 0.0
         self.staging_dir = self.path.parent
 
+    def _seek_to_stored_offsets(self) -> None:
+        offsets = stored_offsets(self.connection, self.topic)
+        for partition in self.partitions:
+            if partition.partition in offsets:
+                self.consumer.seek(partition, offsets[partition.partition])
+            else:
+                self.consumer.seek_to_beginning(partition)
+
+    def _offsets_of(self, path: Path) -> dict[int, int] | None:
+        if not path.exists():
+            return None
+        connection = schema.connect(str(path), read_only=True)
+        try:
+            return stored_offsets(connection, self.topic)
+        finally:
+            connection.close()
+
+    def adopt_rebuilt(self) -> bool:
+        """Swap in the file `arledger rebuild` handed over, then continue from its offsets (between batches)."""
+        with swap_lock(self.path):
+            if not self.rebuilt_path.exists():
+                return False
+            floor = stored_offsets(self.connection, self.topic)
+            self.connection.execute("CHECKPOINT")
+            self.connection.close()
+            adopt_rebuilt(self.path)
+            self.connection = schema.connect(str(self.path))
+        schema.create_schema(self.connection)
+        self._seek_to_stored_offsets()
+        self._snapshot_floor = floor
+        self._dirty = True
+        log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
+                 snapshot_held_until=floor)
+        return True
+
     def run_once(self, timeout_ms: int) -> int:
+        if self.rebuilt_path.exists():
+            self.adopt_rebuilt()
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=PROJECT_BATCH_EVENTS_MAX)
         values: list[bytes] = []
         offsets: dict[tuple[str, int], int] = {}
@@ -80,6 +119,11 @@ class Projector:
         now = time.monotonic()
         if not self._dirty or (not force and now - self._last_snapshot < SNAPSHOT_INTERVAL_S):
             return False
+        if self._snapshot_floor:
+            applied = stored_offsets(self.connection, self.topic)
+            if any(applied.get(partition, 0) < offset for partition, offset in self._snapshot_floor.items()):
+                return False  # readers never see the read model go back in time
+            self._snapshot_floor = None
         publish_snapshot(self.connection, self.path, self.snapshot_path)
         self._dirty = False
         self._last_snapshot = now
@@ -89,3 +133,4 @@ class Projector:
         self.maybe_publish_snapshot(force=True)
         self.consumer.close()
         self.connection.close()
+        self._presence.close()
