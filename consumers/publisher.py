@@ -53,7 +53,7 @@ def probe(line: bytes) -> tuple[str | None, str | None]:
     """(envelope id, customer_id) of a line if it has them as strings; malformed lines give (None, None)."""
     try:
         found = _probe.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bytes that are not UTF-8
         return None, None
     return (found.id if isinstance(found.id, str) else None,
             found.customer_id if isinstance(found.customer_id, str) else None)

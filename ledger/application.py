@@ -281,7 +281,7 @@ class Ledger(Application):
         for record in records:
             try:
                 envelope_id = _id_probe.decode(record.value).id
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, UnicodeDecodeError):  # not JSON, or not UTF-8: rejected later
                 continue
             if isinstance(envelope_id, str) and envelope_id not in self._receipts:
                 wanted[receipt_id(envelope_id).hex] = envelope_id

@@ -257,6 +257,8 @@ def decode_envelope(raw: bytes) -> RawEnvelope:
         raise InvalidEnvelope(f"envelope: {error}") from None
     except msgspec.DecodeError as error:
         raise InvalidJson(f"not a JSON object: {error}") from None
+    except UnicodeDecodeError as error:  # msgspec raises this, not DecodeError, for a string that is not UTF-8
+        raise InvalidJson(f"not UTF-8: {error}") from None
     if envelope.time.tzinfo is None:  # no offset means UTC (§8)
         envelope = msgspec.structs.replace(envelope, time=envelope.time.replace(tzinfo=dt.UTC))
     else:

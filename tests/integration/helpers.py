@@ -26,6 +26,7 @@ from kafka import KafkaProducer, TopicPartition
 from arledger.settings import Settings
 from consumers import clients
 from consumers.publisher import end_offsets
+from consumers.topics import ensure_topics
 
 ARLEDGER = (sys.executable, "-m", "arledger.cli")
 CLI_TIMEOUT_S = 120.0  # one `ingest --wait` of a few hundred records takes a few seconds
@@ -201,6 +202,7 @@ def _read_to_end(settings: Settings, topic: str) -> list[Record]:
 
 def produce(settings: Settings, name: str, key: bytes | None, value: bytes) -> tuple[int, int]:
     """Send one raw record to topic `name` (unprefixed) as an upstream system would; (partition, offset)."""
+    ensure_topics(settings)  # the workers may not have created them yet
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
     try:
         metadata = producer.send(settings.topic(name), key=key, value=value).get(timeout=30)
