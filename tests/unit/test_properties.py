@@ -25,8 +25,8 @@ import builders as b
 from ledger import events as e
 from ledger.account import AccountState
 from ledger.aggregate import account_id
-from ledger.application import Ledger
-from ledger.errors import Rejection
+from ledger.application import InboundRecord, Ledger
+from ledger.errors import REASON_CODES, Rejection
 
 DAY0 = dt.date(2026, 3, 1)
 FAR_FUTURE = dt.date(2100, 1, 1)
@@ -309,3 +309,86 @@ def test_the_ledger_service_agrees_with_the_rules_and_replays_reloads_and_snapsh
         # Sent again: every accepted fact is a duplicate (a rejected one may now pass: it claimed no id).
         again = b.process(Ledger(store_url), *interleaved)
         assert [o.status == "duplicate" for o in again] == [o.status == "accepted" for o in outcomes]
+
+
+# -- Hostile input never raises out of the service (a poison record would stall its partition) ----
+
+EDGE_STRINGS = ["", "2026-03-01", "9999-12-31", "0001-01-01", "2026-02-29", "2026-03-01T10:00:00Z",
+                "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "EUR", "eur", "I1", "P1", "O1", "C1",
+                "\u0000", "x" * 129]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(EDGE_STRINGS) | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(
+        ["due_on", "amount", "invoice_id"]), children, max_size=2),
+    max_leaves=6)
+
+
+def base_facts() -> list[dict[str, Any]]:
+    return [
+        b.sale("I2", 100, issued_on="2026-03-01", installments=[("2026-04-01", 50), ("2026-05-01", 50)]),
+        b.payment("P2", 80, received_on="2026-03-02", allocations=[("I1", 30)]),
+        b.credit_note("CN1", "I1", 20, on="2026-03-03"), b.reversal("P1", on="2026-03-04"),
+        b.write_off("I1", on="2026-03-05", amount=10), b.dispute_opened("I1", on="2026-03-06"),
+        b.dispute_resolved("I1", on="2026-03-07"), b.order_placed("O2", 10, on="2026-03-08"),
+        b.order_cancelled("O1", on="2026-03-09"), b.order_released("O1", on="2026-03-09"),
+        b.hold_placed(on="2026-03-10"), b.hold_released(on="2026-03-11"), b.limit_changed(500, on="2026-03-12"),
+        b.terms_changed(10, on="2026-03-13"), b.grade_assigned("B", on="2026-03-14"),
+        b.collection_action("call", on="2026-03-15", invoice_id="I1"),
+        b.promise("PR1", 10, promised_on="2026-04-01", on="2026-03-16"), b.registered(customer_id="C2"),
+    ]
+
+
+@st.composite
+def hostile_records(draw: st.DrawFn) -> bytes:
+    raw = dict(draw(st.sampled_from(base_facts())))
+    raw["data"] = dict(raw["data"])
+    for _ in range(draw(st.integers(0, 2))):
+        target = draw(st.sampled_from(["data", "data", "data", "envelope"]))
+        if target == "data":
+            raw["data"][draw(st.sampled_from(sorted(raw["data"]) + ["due_on", "installments", "allocations"]))] = (
+                draw(json_values))
+        else:
+            raw[draw(st.sampled_from(["id", "type", "time", "customer_id", "data", "source"]))] = draw(json_values)
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=20))
+    return msgspec.json.encode(raw)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(hostile_records(), min_size=1, max_size=8))
+def test_hostile_records_get_an_outcome_and_never_raise(values: list[bytes]) -> None:
+    ledger = Ledger("memory://")
+    b.process(ledger, b.registered(), b.sale("I1", 100, issued_on="2026-03-01"),
+              b.payment("P1", 50, received_on="2026-03-01"), b.order_placed("O1", 10**9, on="2026-03-01"))
+
+    outcomes = ledger.process_batch([InboundRecord(value=value, key=b"C1") for value in values])
+
+    assert len(outcomes) == len(values)
+    for outcome in outcomes:
+        assert outcome.status in ("accepted", "rejected", "duplicate")
+        assert (outcome.reason in REASON_CODES) if outcome.status == "rejected" else outcome.reason is None
+    check_account(_account_from_store(ledger), _books_from_store(ledger))
+
+
+def _account_from_store(ledger: Ledger) -> b.Account:
+    account = b.Account()
+    for stored in ledger.stored_events("C1"):
+        event = stored.event
+        account.state.fold(event)
+        account.history.append(event)
+    return account
+
+
+def _books_from_store(ledger: Ledger) -> Books:
+    """The expected balance from the stored facts' own events (the inputs were mutated at random)."""
+    books = Books()
+    for stored in ledger.stored_events("C1"):
+        event = stored.event
+        if isinstance(event, e.SaleRecorded):
+            books.balance += event.amount
+        elif isinstance(event, (e.CreditNoteIssued, e.PaymentReceived, e.InvoiceWrittenOff)):
+            books.balance -= event.amount
+        elif isinstance(event, e.PaymentReversed):
+            books.balance += event.amount
+    return books
