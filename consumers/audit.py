@@ -599,6 +599,7 @@ class Verifier:
         runs: dict[str, list[Any]] = {}  # envelope id → [customer_id, first_version, last_version, notification]
         receipts: list[tuple[int, Any]] = []
         seen = bytearray(chain.length + 1)
+        other: dict[str, int] = {}
         self.progress.start("event store", max_notification_id)
         for page in _notifications(ledger, max_notification_id):
             for notification in page:
@@ -609,10 +610,11 @@ class Verifier:
                     if notification.id > trusted_notification:
                         receipts.append((notification.id, notification))
                 elif notification.topic not in CHAIN_TOPICS and notification.originator_id != CHAIN_ID:
-                    report.notes.append(f"notification {notification.id}: event of another kind "
-                                        f"({notification.topic}) not checked")
+                    other[notification.topic] = other.get(notification.topic, 0) + 1
             self.progress.advance("event store", page[-1].id - (page[0].id - 1))
         report.streams = len(heads)
+        for stored_topic, count in sorted(other.items()):
+            report.notes.append(f"{count} stored event(s) of another kind ({stored_topic}) not checked")
         for position in range(trusted_position + 1, chain.length + 1):
             if not seen[position]:
                 report.add(Problem("chain", f"its event (notification {chain.notification_ids[position - 1]}) is "

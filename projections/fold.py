@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 
+from ledger.upcasting import upcast_record
+
 STAGE_COLUMNS = (
     "{'position': 'BIGINT', 'notification_id': 'BIGINT', 'customer_id': 'VARCHAR', 'version': 'BIGINT', "
     "'kind': 'VARCHAR', 'envelope_id': 'VARCHAR', 'recorded_at': 'TIMESTAMPTZ', 'schema_version': 'INTEGER', "
@@ -195,7 +197,7 @@ def apply_batch(connection: duckdb.DuckDBPyConnection, records: Sequence[bytes],
     try:
         with os.fdopen(fd, "wb") as stage:
             for record in records:
-                stage.write(record.rstrip(b"\n"))
+                stage.write(upcast_record(record).rstrip(b"\n"))  # old schema versions: current field names
                 stage.write(b"\n")
         connection.execute("BEGIN TRANSACTION")
         try:
