@@ -153,6 +153,42 @@ def test_business_rule_rejections(ledger: Ledger, setup, raw, code: str) -> None
     assert outcome.reason == code, outcome.message
 
 
+@pytest.mark.parametrize("raw, code", [
+    (with_data(sale("I9", 1, issued_on="2026-03-01"), amount=100.0), "invalid_field"),
+    (with_data(sale("I9", 1, issued_on="2026-03-01"), amount="100"), "invalid_field"),
+    (with_data(sale("I9", 1, issued_on="2026-03-01"), amount=True), "invalid_field"),
+    (with_data(payment("P9", 1, received_on="2026-03-01"), amount=-100), "invalid_amount"),
+    (with_data(payment("P9", 1, received_on="2026-03-01"), amount=0), "invalid_amount"),
+    (with_data(registered(customer_id="C7"), credit_limit=-1), "invalid_amount"),
+    (with_data(registered(customer_id="C7"), credit_limit=1000.0), "invalid_field"),
+    (with_data(registered(customer_id="C7"), payment_terms_days=-1), "invalid_field"),
+    (with_data(sale("I9", 1, issued_on="2026-03-01"), issued_on="01/03/2026"), "invalid_field"),
+    (with_data(payment("P9", 1, received_on="2026-03-01"), received_on="2026-3-1"), "invalid_field"),
+    ({**sale("I9", 1, issued_on="2026-03-01"), "time": "2026-03-01"}, "invalid_envelope"),
+], ids=["amount 100.0", "amount '100'", "amount true", "negative amount", "zero amount", "negative limit",
+        "limit 1000.0", "negative terms", "date dd/mm/yyyy", "date without zero padding", "time without a clock"])
+def test_field_validation_through_the_service(ledger: Ledger, raw, code: str) -> None:
+    process(ledger, registered())
+
+    (outcome,) = process(ledger, raw)
+
+    assert (outcome.status, outcome.reason) == ("rejected", code), outcome.message
+
+
+@pytest.mark.parametrize("time, decided_on", [
+    ("2026-03-01T23:30:00", "2026-03-01"),  # no offset: UTC
+    ("2026-03-01T23:30:00Z", "2026-03-01"),
+    ("2026-03-02T01:30:00+02:00", "2026-03-01"),  # 23:30 UTC the day before
+    ("2026-03-01T23:30:00-02:00", "2026-03-02"),
+])
+def test_business_date_is_the_utc_date_of_the_time(ledger: Ledger, time: str, decided_on: str) -> None:
+    process(ledger, registered())
+
+    (outcome,) = process(ledger, {**order_placed("O1", 10, on="2026-03-01"), "time": time})
+
+    assert outcome.events[-1].decided_on == dt.date.fromisoformat(decided_on)
+
+
 def test_negative_terms_on_registration_are_invalid_field(ledger: Ledger) -> None:
     (outcome,) = process(ledger, with_data(registered(), payment_terms_days=-1))
 
@@ -487,6 +523,8 @@ def test_known_at_replays_only_what_was_recorded_by_then() -> None:
     assert known_now.balance_as_of(june_30) == 0
     assert ledger.account_known_at("C1", dt.datetime(2026, 6, 1, tzinfo=dt.UTC)) is None
     assert msgspec.to_builtins(known_now) == state_of(ledger)
+    payment_recorded_at = dt.datetime.fromisoformat(list(ledger.stored_events("C1"))[-1].recorded_at)
+    assert ledger.account_known_at("C1", payment_recorded_at).balance_as_of(june_30) == 0  # inclusive
 
 
 def test_recorded_times_strictly_increase_even_if_the_clock_stands_still() -> None:
