@@ -173,3 +173,13 @@ def test_rollforward_by_salesperson_never_adds_currencies(ledger: LedgerFixture)
     report = statements.rollforward(ledger.connection, d("2026-02-01"), d("2026-02-28"), by="salesperson")
     assert [(row["salesperson"], row["currency"], row["sales"]) for row in report["rows"]] == [
         ("Sam", "EUR", 4_000), ("Sam", "USD", 7_000)]
+
+
+def test_ar_as_of_every_day_agrees_with_the_ledger(ledger: LedgerFixture) -> None:
+    """The projected AR (what the statement and roll-forward add up to) is the aggregate's own balance."""
+    days = [d("2026-01-01") + dt.timedelta(days=n) for n in range(0, 100)]
+    projected = statements.balances_at(ledger.connection, days)
+    for customer_id in ("S", "U"):
+        state = ledger.ledger.account(customer_id)
+        for day in days:
+            assert projected[(customer_id, day)]["balance"] == state.balance_as_of(day), (customer_id, day)
