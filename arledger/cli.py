@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "arledger.commands.ingest",
     "arledger.commands.report",
     "arledger.commands.schema",
+    "arledger.commands.status",
     "arledger.commands.generate",
     "arledger.commands.audit",
     "arledger.commands.rebuild",
