@@ -229,6 +229,107 @@ def check_account(account: b.Account, books: Books) -> None:
         assert live <= record.amount
 
 
+# -- Credit figures recomputed from the events alone (as an auditor or a read model would) ------------
+
+def latest_as_of(entries: list[tuple[dt.date, int, Any]], as_of: dt.date, default: Any) -> Any:
+    """The value of the latest (business date, recorded order) entry dated on or before `as_of`."""
+    dated = [entry for entry in entries if entry[0] <= as_of]
+    return max(dated, key=lambda entry: entry[:2])[2] if dated else default
+
+
+class Figures:
+    """Limit, hold, exposure and overdue items as of a date, from an event history only."""
+
+    def __init__(self, history: list[e.DomainEvent]) -> None:
+        self.history = history
+        self.limits: list[tuple[dt.date, int, Any]] = []
+        self.holds: list[tuple[dt.date, int, Any]] = []
+        self.due: dict[str, tuple[dt.date, dt.date]] = {}  # item key → (issued_on, due_on)
+        self.disputes: dict[str, list[list[Any]]] = defaultdict(list)  # invoice → [[opened, resolved|None]]
+        self.orders: dict[str, dict[str, Any]] = {}
+        for seq, event in enumerate(history):
+            if isinstance(event, e.CustomerRegistered):
+                self.limits.append((dt.date.min, seq, event.credit_limit))
+            elif isinstance(event, e.CreditLimitChanged):
+                self.limits.append((event.effective_on, seq, event.credit_limit))
+            elif isinstance(event, (e.CreditHoldPlaced, e.CreditHoldReleased)):
+                self.holds.append((event.effective_on, seq, isinstance(event, e.CreditHoldPlaced)))
+            elif isinstance(event, e.ItemOpened):
+                self.due[f"{event.invoice_id}#{event.installment}"] = (event.issued_on, event.due_on)
+            elif isinstance(event, e.DisputeOpened):
+                self.disputes[event.invoice_id].append([event.opened_on, None])
+            elif isinstance(event, e.DisputeResolved):
+                self.disputes[event.invoice_id][-1][1] = event.resolved_on
+            elif isinstance(event, e.OrderPlaced):
+                self.orders[event.order_id] = {"amount": event.amount, "placed_on": event.placed_on,
+                                               "from": None, "closed_on": None}
+            elif isinstance(event, e.OrderApproved):
+                order = self.orders[event.order_id]
+                order["from"] = max(order["placed_on"], event.decided_on)
+            elif isinstance(event, (e.OrderCancelled, e.OrderInvoiced)):
+                self.orders[event.order_id]["closed_on"] = getattr(event, "cancelled_on", None) or event.invoiced_on
+
+    def limit(self, as_of: dt.date) -> int:
+        return latest_as_of(self.limits, as_of, 0)
+
+    def on_hold(self, as_of: dt.date) -> bool:
+        return latest_as_of(self.holds, as_of, False)
+
+    def views(self, as_of: dt.date) -> tuple[dict[str, int], int]:
+        deltas = [delta for delta in folded_deltas(self.history) if delta[0] <= as_of]
+        opened: dict[str, int] = defaultdict(int)
+        for _, key, delta in deltas:
+            if key is not None:
+                opened[key] += delta
+        return dict(opened), sum(delta for _, key, delta in deltas if key is None)
+
+    def exposure(self, as_of: dt.date) -> int:
+        opened, unapplied = self.views(as_of)
+        open_orders = sum(order["amount"] for order in self.orders.values()
+                          if order["from"] is not None and order["from"] <= as_of
+                          and (order["closed_on"] is None or order["closed_on"] > as_of))
+        return sum(opened.values()) - unapplied + open_orders
+
+    def overdue_beyond(self, as_of: dt.date, tolerance_days: int) -> bool:
+        opened, _ = self.views(as_of)
+        for key, (issued_on, due_on) in self.due.items():
+            invoice_id = key.rpartition("#")[0]
+            disputed = any(opened_on <= as_of and (resolved is None or resolved > as_of)
+                           for opened_on, resolved in self.disputes[invoice_id])
+            if issued_on <= as_of and (as_of - due_on).days > tolerance_days and opened.get(key, 0) > 0 and not disputed:
+                return True
+        return False
+
+
+def check_credit_figures(before: list[e.DomainEvent], events: list[e.DomainEvent]) -> None:
+    """Decisions and breaches agree with figures recomputed from the events (§7, §8)."""
+    released = any(isinstance(event, e.OrderReleased) for event in events)
+    for event in events:
+        if isinstance(event, e.OrderDecided):
+            figures, day = Figures(before), event.decided_on
+            limit, exposure = figures.limit(day), figures.exposure(day)
+            assert (event.credit_limit, event.exposure, event.available) == (limit, exposure, limit - exposure)
+            if released:
+                assert isinstance(event, e.OrderApproved) and event.reason == "released"
+                continue
+            expected = ("on_hold" if figures.on_hold(day)
+                        else "overdue_beyond_tolerance" if figures.overdue_beyond(day, 30)
+                        else "over_limit" if exposure + event.amount > limit else None)
+            assert event.reason == expected
+            assert isinstance(event, e.OrderBlocked if expected else e.OrderApproved)
+    sales = [event for event in events if isinstance(event, e.SaleRecorded)]
+    if sales:
+        (recorded,) = sales
+        day, after = recorded.issued_on, Figures([*before, *events])
+        exposure, limit = after.exposure(day), after.limit(day)
+        breaches = [event for event in events if isinstance(event, e.CreditLimitBreached)]
+        assert bool(breaches) == (exposure > limit), f"exposure {exposure}, limit {limit}"
+        if breaches:
+            (breach,) = breaches
+            assert (breach.exposure, breach.credit_limit) == (exposure, limit)
+            assert breach.crossing == (Figures(before).exposure(day) <= limit)
+
+
 class Run:
     """The pure rules driven fact by fact, checked after each; remembers the facts and which were accepted."""
 
@@ -249,6 +350,7 @@ class Run:
         self.accepted.append(True)
         self.books.record(raw, events)
         check_account(self.account, self.books)
+        check_credit_figures(self.account.history[:-len(events)], events)
 
 
 def draw_history(data: st.DataObject, customer_id: str, steps_max: int) -> Run:
@@ -345,10 +447,10 @@ def hostile_records(draw: st.DrawFn) -> bytes:
     raw["data"] = dict(raw["data"])
     for _ in range(draw(st.integers(0, 2))):
         target = draw(st.sampled_from(["data", "data", "data", "envelope"]))
-        if target == "data":
+        if target == "data" and isinstance(raw["data"], dict):
             raw["data"][draw(st.sampled_from(sorted(raw["data"]) + ["due_on", "installments", "allocations"]))] = (
                 draw(json_values))
-        else:
+        elif target == "envelope":
             raw[draw(st.sampled_from(["id", "type", "time", "customer_id", "data", "source"]))] = draw(json_values)
     if draw(st.integers(0, 9)) == 0:
         return draw(st.binary(max_size=20))
