@@ -75,10 +75,6 @@ def countback_dso(ar_end: int, monthly_sales: Mapping[dt.date, int], earliest_sa
         step_days = calendar.monthrange(month.year, month.month)[1]
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return None if denominator == 0 else numerator / denominator
-
-
 @dataclass
 class _Group:
     """Sums of one group (a customer, a salesperson in one currency, a currency) before the ratios."""
@@ -106,7 +102,7 @@ class _Group:
         dso = None if sales == 0 else ar_end / sales * days
         best = None if sales == 0 else current_end / sales * days
         collected = ar_start + sales - ar_end
-        return {
+        figures = {
             "ar_start": ar_start, "ar_end": ar_end, "current_end": current_end, "sales": sales, "days": days,
             "dso": dso,
             "countback_dso": countback_dso(ar_end, self.monthly_sales, self.earliest_sale_month, date_to),
@@ -117,6 +113,8 @@ class _Group:
             "turnover": None if ar_start + ar_end == 0 else sales / ((ar_start + ar_end) / 2),
             "collection_rate": None if ar_start + sales == 0 else collected / (ar_start + sales) * 100,
         }
+        # x + 0.0 turns a negative zero (0 / negative AR) into 0.0, so JSON never shows -0.0.
+        return {key: value + 0.0 if isinstance(value, float) else value for key, value in figures.items()}
 
 
 # Sales per customer and calendar month up to $date_to (the last month only up to $date_to):

@@ -53,9 +53,8 @@ def open_read_model(settings: Settings):
     sys.exit(f"arledger: no read model under {settings.home}: run 'arledger run' (or 'arledger demo') first")
 
 
-def add_common(parser: argparse.ArgumentParser, *, as_of: bool = True) -> None:
-    if as_of:
-        parser.add_argument("--as-of", help="business date YYYY-MM-DD (default: today, UTC)")
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--as-of", help="business date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--known-at", help="only what the ledger had recorded by this ISO-8601 instant; "
                                            "a bare date means the end of that UTC day")
     parser.add_argument("--format", choices=FORMATS, default="table",
@@ -65,11 +64,11 @@ def add_common(parser: argparse.ArgumentParser, *, as_of: bool = True) -> None:
                              "or a directory (the file is then DIR/<report>.parquet)")
 
 
-def add_period(parser: argparse.ArgumentParser, *, required: bool, what: str) -> None:
+def add_period(parser: argparse.ArgumentParser, *, required: bool, what: str, to_what: str | None = None) -> None:
     parser.add_argument("--from", dest="date_from", required=required, metavar="D",
                         help=f"first business day of the period (YYYY-MM-DD){what}")
-    parser.add_argument("--to", dest="date_to", required=required, metavar="D",
-                        help=f"last business day of the period (YYYY-MM-DD){what}")
+    parser.add_argument("--to", dest="date_to", metavar="D",
+                        help=f"last business day of the period (YYYY-MM-DD){what if to_what is None else to_what}")
 
 
 def _subparser(names: argparse._SubParsersAction, name: str, help_text: str, examples: str):
@@ -123,9 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     statement = _subparser(names, "statement",
                            "a customer's statement: opening balance, every movement in the period, closing balance",
                            "  arledger report statement --customer C0001 --from 2026-06-01 --to 2026-06-30\n")
-    add_common(statement, as_of=False)
+    add_common(statement)
     statement.add_argument("--customer", required=True, help="the customer")
-    add_period(statement, required=True, what="")
+    add_period(statement, required=True, what="", to_what="; default: --as-of")
     statement.set_defaults(handler=run_statement)
 
     kpis = _subparser(names, "kpis", "DSO, countback DSO, best-possible DSO, ADD, CEI, turnover, collection rate",
@@ -157,8 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "opening AR + sales − credit notes − cash + reversed cash − write-offs = closing AR",
                              "  arledger report rollforward --from 2026-06-01 --to 2026-06-30\n"
                              "  arledger report rollforward --from 2026-01-01 --to 2026-06-30 --by customer\n")
-    add_common(rollforward, as_of=False)
-    add_period(rollforward, required=True, what="")
+    add_common(rollforward)
+    add_period(rollforward, required=True, what="", to_what="; default: --as-of")
     rollforward.add_argument("--by", choices=("currency", "customer", "salesperson"), default="currency",
                              help="one row per currency (default), customer or salesperson × currency")
     rollforward.set_defaults(handler=run_rollforward)
@@ -252,7 +251,9 @@ def _quote(text: str, quote: str) -> str:
 
 
 def _period(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
-    return dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to)
+    """--from and --to; a missing --to is --as-of (today by default)."""
+    date_to = dt.date.fromisoformat(args.date_to) if args.date_to else output.parse_as_of(args.as_of)
+    return dt.date.fromisoformat(args.date_from), date_to
 
 
 def _known_at(args: argparse.Namespace) -> dt.datetime | None:
