@@ -330,6 +330,52 @@ def check_credit_figures(before: list[e.DomainEvent], events: list[e.DomainEvent
             assert breach.crossing == (Figures(before).exposure(day) <= limit)
 
 
+def check_reductions(before: list[e.DomainEvent], events: list[e.DomainEvent], business_date: dt.date) -> None:
+    """Every reduction's effective date and the order of automatic application (§7, §8)."""
+    history = [*before, *events]
+    sources: dict[tuple[str, str], tuple[dt.date, int]] = {}  # (kind, id) → (source date, recorded order)
+    issued: dict[str, dt.date] = {}
+    due: dict[str, tuple[dt.date, str, int]] = {}
+    reopened: dict[str, dt.date] = {}
+    disputed: dict[str, bool] = defaultdict(bool)
+    written_off: set[str] = set()
+    auto: list[tuple[tuple[dt.date, int], tuple[dt.date, str, int]]] = []
+    for seq, event in enumerate(history):
+        key = f"{getattr(event, 'invoice_id', '')}#{getattr(event, 'installment', '')}"
+        ours = seq >= len(before)
+        if isinstance(event, e.PaymentReceived):
+            sources[("payment", event.payment_id)] = (event.received_on, seq)
+        elif isinstance(event, e.CreditNoteIssued):
+            sources[("credit_note", event.credit_note_id)] = (event.issued_on, seq)
+        elif isinstance(event, e.ItemOpened):
+            issued[key], due[key] = event.issued_on, (event.due_on, event.invoice_id, event.installment)
+        elif isinstance(event, e.AllocationReversed):
+            reopened[key] = max(reopened.get(key, dt.date.min), event.effective_on)
+        elif isinstance(event, (e.DisputeOpened, e.DisputeResolved)):
+            disputed[event.invoice_id] = isinstance(event, e.DisputeOpened)
+        elif isinstance(event, e.ItemWrittenOff) and event.closes_item:
+            written_off.add(key)
+        if not ours or not isinstance(event, (e.CashAllocated, e.CreditNoteApplied, e.ItemWrittenOff)):
+            continue
+        if isinstance(event, e.CashAllocated):
+            source_on = sources[(event.source_kind, event.source_id)][0]
+            assert key not in written_off, f"cash allocated to written-off {key}"
+            if not event.explicit:
+                assert not disputed[event.invoice_id], f"automatic allocation to disputed {key}"
+                auto.append((sources[(event.source_kind, event.source_id)], due[key]))
+        elif isinstance(event, e.CreditNoteApplied):
+            source_on = sources[("credit_note", event.credit_note_id)][0]
+        else:
+            source_on = business_date
+        expected = max(business_date, issued[key], source_on, reopened.get(key, dt.date.min))
+        assert event.effective_on == expected, f"{type(event).__name__} {key}: {event.effective_on} != {expected}"
+    # Sources oldest first; within a source, items by (due_on, invoice_id, installment).
+    for (source, item), (next_source, next_item) in zip(auto, auto[1:]):
+        assert source <= next_source, "sources out of order"
+        if source == next_source:
+            assert item < next_item, "items out of order"
+
+
 class Run:
     """The pure rules driven fact by fact, checked after each; remembers the facts and which were accepted."""
 
@@ -351,6 +397,7 @@ class Run:
         self.books.record(raw, events)
         check_account(self.account, self.books)
         check_credit_figures(self.account.history[:-len(events)], events)
+        check_reductions(self.account.history[:-len(events)], events, b.envelope(raw).business_date)
 
 
 def draw_history(data: st.DataObject, customer_id: str, steps_max: int) -> Run:
