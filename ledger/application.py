@@ -103,7 +103,9 @@ def _utc_now() -> dt.datetime:
 
 
 def format_instant(instant: dt.datetime) -> str:
-    """Recorded times: UTC, microseconds, `Z` — sortable as text."""
+    """Recorded times: UTC, microseconds, `Z` — sortable as text. A naive instant is UTC (as in §8), not local."""
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=dt.UTC)
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -527,6 +527,22 @@ def test_known_at_replays_only_what_was_recorded_by_then() -> None:
     assert ledger.account_known_at("C1", payment_recorded_at).balance_as_of(june_30) == 0  # inclusive
 
 
+def test_a_naive_known_at_means_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    clock = ticking_clock(dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC))
+    ledger = Ledger("memory://", clock=lambda: next(clock))
+    process(ledger, registered())  # recorded 2026-07-01T12:00Z
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert ledger.account_known_at("C1", dt.datetime(2026, 7, 1, 11, 0)) is None  # 11:00 UTC: not yet
+        assert ledger.account_known_at("C1", dt.datetime(2026, 7, 1, 12, 0)) is not None
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_recorded_times_strictly_increase_even_if_the_clock_stands_still() -> None:
     instant = dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC)
     ledger = Ledger("memory://", clock=lambda: instant)
