@@ -260,7 +260,7 @@ class AccountState(Struct, kw_only=True):
     def _place_order(self, data: c.OrderPlacedData, day: dt.date, emit: Emit, policy: CreditPolicy) -> None:
         self._check_currency(data.currency)
         existing = self.orders.get(data.order_id)
-        if existing is not None and existing.status != "blocked":
+        if existing is not None and existing.in_exposure_from is not None:  # ever approved or released (§8)
             raise DuplicateReference(f"order {data.order_id!r} already exists ({existing.status})")
         decision = self._decision(data.order_id, data.amount, data.currency, day, policy)
         emit(e.OrderPlaced(order_id=data.order_id, amount=data.amount, currency=data.currency, placed_on=day))
@@ -387,11 +387,12 @@ class AccountState(Struct, kw_only=True):
             raise AlreadyReversed(f"payment {data.payment_id!r} is already reversed")
         remaining = sum(s.remaining for s in self.sources if s.kind == "payment" and s.source_id == payment.payment_id)
         allocations = list(payment.allocations)
-        emit(e.PaymentReversed(payment_id=payment.payment_id, amount=payment.amount, reason=data.reason,
-                               reversed_on=day))
         # Cash leaves the account from the reversal date, but never before it arrived (a reversal dated
-        # before its payment's received_on would otherwise leave negative unapplied cash in between).
+        # before its payment's received_on would otherwise leave negative unapplied cash in between);
+        # the event carries that date, so roll-forwards by `reversed_on` agree with the movements.
         removed_on = max(day, payment.received_on)
+        emit(e.PaymentReversed(payment_id=payment.payment_id, amount=payment.amount, reason=data.reason,
+                               reversed_on=removed_on))
         for invoice_id, installment, amount, effective_on in allocations:
             if effective_on > removed_on:
                 # Allocated after the reversal date: from the reversal on, that cash was never there.

@@ -30,8 +30,10 @@ EnvelopeId = Annotated[str, Meta(min_length=1, max_length=128, description="Idem
 Text = Annotated[str, Meta(max_length=2000)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, three upper-case letters.")]
-Amount = Annotated[int, Meta(gt=0, description="Integer amount in minor units (cents), > 0.")]
-Limit = Annotated[int, Meta(ge=0, description="Credit limit in minor units, >= 0.")]
+# 2**53 - 1: exact in every JSON reader, and sums of many still fit the read models' BIGINT.
+AMOUNT_MAX = 2**53 - 1
+Amount = Annotated[int, Meta(gt=0, le=AMOUNT_MAX, description="Integer amount in minor units (cents), > 0.")]
+Limit = Annotated[int, Meta(ge=0, le=AMOUNT_MAX, description="Credit limit in minor units, >= 0.")]
 TermsDays = Annotated[int, Meta(ge=0, le=3650, description="Payment terms in days, >= 0.")]
 Grade = Literal["A", "B", "C", "D"]
 CollectionActionKind = Literal[

@@ -49,7 +49,8 @@ def test_schema_says_amounts_are_positive_integers_and_limits_not_negative() -> 
     definitions = schema()["$defs"]
 
     assert definitions["SaleRecordedData"]["properties"]["amount"] == {
-        "description": "Integer amount in minor units (cents), > 0.", "exclusiveMinimum": 0, "type": "integer"}
+        "description": "Integer amount in minor units (cents), > 0.", "exclusiveMinimum": 0,
+        "maximum": 2**53 - 1, "type": "integer"}
     assert definitions["CustomerRegisteredData"]["properties"]["credit_limit"]["minimum"] == 0
     assert definitions["CustomerRegisteredData"]["properties"]["payment_terms_days"]["minimum"] == 0
     assert definitions["SaleRecordedData"]["properties"]["issued_on"]["format"] == "date"
