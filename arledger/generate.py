@@ -267,7 +267,13 @@ class _Customer:
         if invoice.disputed or invoice.locks:
             return
         if all(item.open == 0 and item.intent == 0 for item in invoice.items):
-            del self.invoices[invoice.invoice_id]
+            self.forget(invoice)
+
+    def forget(self, invoice: _Invoice) -> None:
+        """Drop an invoice and break its item <-> invoice cycle, so reference counting frees it now
+        (write_jsonl raises the GC thresholds: cyclic garbage would pile up until a rare full pass)."""
+        del self.invoices[invoice.invoice_id]
+        invoice.items = []
 
 
 def _allocate(source: _Cash, item: _Item, amount: int) -> None:
@@ -916,7 +922,7 @@ class _Generator:
             data["amount"] = open_total  # all of it, stated; the rest of the time implied
         data["reason"] = reason
         self.emit(customer, "invoice.written_off", CRM_SOURCE, data)
-        del customer.invoices[invoice.invoice_id]
+        customer.forget(invoice)
         self.check_release(day, customer)
 
     # -- output --------------------------------------------------------------------------------
