@@ -144,7 +144,7 @@ def test_amounts_are_positive_integers_and_installments_sum_to_the_amount(good):
 
 def test_every_good_line_is_accepted_and_every_bad_one_gets_its_reason_from_the_ledger():
     """Replay through the real Ledger (memory store), keyed by customer_id as `arledger ingest` sends it."""
-    lines = list(generate_labelled(50, 12, 3, bad_share=0.05))
+    lines = list(generate_labelled(40, 12, 3, bad_share=0.05))
     ledger = Ledger("memory://")
     records = []
     for _, line in lines:
@@ -199,7 +199,7 @@ def test_generate_is_lazy():
 def test_memory_stays_well_below_the_output_size():
     tracemalloc.start()
     try:
-        size = sum(len(line) for line in generate(60, 36, 5))
+        size = sum(len(line) for line in generate(40, 24, 5))  # peak/size is about 0.25
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
