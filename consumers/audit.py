@@ -95,8 +95,10 @@ class Problem:
     notification_id: int | None = None
 
     def sort_key(self) -> tuple:
-        return (self.position if self.position is not None else math.inf, CHECK_ORDER.index(self.check),
-                self.customer_id or "", self.version or 0, self.notification_id or 0)
+        """History first (store, chains, receipts, ar.ledger), then read models: a damaged event makes rows of
+        other positions differ too, and the event is what an auditor must be shown first."""
+        return (self.check == "projection", self.position if self.position is not None else math.inf,
+                CHECK_ORDER.index(self.check), self.customer_id or "", self.version or 0, self.notification_id or 0)
 
     def where(self) -> str:
         parts = []
@@ -744,10 +746,12 @@ class Verifier:
                                                f"(versions {receipt.first_version}..{receipt.last_version}) but its "
                                                f"events are not in the store: deleted?", **where))
             elif (run[0], run[1], run[2]) != (receipt.customer_id, receipt.first_version, receipt.last_version):
+                # Located at the first version that differs; its position is unknown when it was deleted.
+                differs = receipt.first_version if run[1] != receipt.first_version else min(run[2], receipt.last_version) + 1
                 report.add(Problem("receipts", f"envelope {receipt.envelope_id}: the receipt says versions "
                                                f"{receipt.first_version}..{receipt.last_version} of "
                                                f"{receipt.customer_id}, the store has {run[1]}..{run[2]} of "
-                                               f"{run[0]}", position=chain.by_notification.get(run[3]), **where))
+                                               f"{run[0]}", **(where | {"version": differs})))
         for envelope_id, (customer, first, last, nid) in runs.items():
             if nid > trusted_notification and envelope_id not in claimed:
                 report.add(Problem("receipts", f"events of envelope {envelope_id} have no receipt (inserted?)",
