@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "arledger.commands.audit",
     "arledger.commands.rebuild",
     "arledger.commands.sql",
+    "arledger.commands.demo",
+    "arledger.commands.bench",
 )
 
 
