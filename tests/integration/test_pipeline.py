@@ -124,6 +124,7 @@ BATCH_2 = [
     payment("c1-p3", "C1", "2026-05-02", "P-3", 15_000, "EUR"),
     register("C5", "2026-05-01", "Epsilon BV", "EUR", 50_000, 30, salesperson="cy"),
     sale("c5-s5001", "C5", "2026-05-05", "INV-5001", 10_000, "EUR"),  # due 06-04
+    order("c1-o1", "C1", "2026-02-01", "O-1", 100_000, "EUR"),  # re-sent a batch later: a no-op, no decision
 ]
 
 
@@ -246,7 +247,7 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_ingest_wait_prints_the_outcome_of_every_record(pipeline: Pipeline) -> None:
     assert pipeline.counts_1 == {"accepted": 27, "rejected": 1, "duplicate": 1, "rejected currency_mismatch": 1}
-    assert pipeline.counts_2 == {"accepted": 6, "rejected": 0, "duplicate": 0}
+    assert pipeline.counts_2 == {"accepted": 6, "rejected": 0, "duplicate": 1}
 
 
 def test_aging_of_the_first_batch_matches_the_hand_computed_figures(pipeline: Pipeline) -> None:
@@ -289,7 +290,7 @@ def test_each_accepted_order_gets_exactly_one_decision(pipeline: Pipeline) -> No
     assert sorted(decisions, key=lambda d: d["order_id"]) == [
         decision("O-1", "C1", "approved", None, 100_000, "EUR", 1_000_000, 0, "c1-o1"),
         decision("O-2", "C1", "blocked", "overdue_beyond_tolerance", 50_000, "EUR", 1_000_000, 165_000, "c1-o2"),
-        # Once, although its envelope came twice; O-99 (rejected) has none.
+        # Once, although its envelope came twice (O-1 too, a batch later); O-99 (rejected) has none.
         decision("O-21", "C2", "approved", None, 100_000, "USD", 500_000, 160_000, "c2-o21"),
         decision("O-41", "C4", "blocked", "overdue_beyond_tolerance", 150_000, "USD", 100_000, 30_000, "c4-o41"),
     ]
