@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from arledger.settings import (
@@ -102,11 +103,28 @@ class IngestWorker:
         offsets = {}
         for record in records:
             offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
-        with_retries(lambda: self.consumer.commit(offsets), "offset commit")
+        if not with_retries(lambda: self._commit(offsets), "offset commit"):
+            return len(records)
         log.info("batch_committed", worker="ingest", topic=self.topic, records=len(records),
                  offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()},
                  duration_ms=round((time.perf_counter() - started) * 1000, 1), **counts)
         return len(records)
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """Commit the batch's offsets; False when the group no longer gives us these partitions.
+
+        A member dropped from its group (a pause longer than the session or poll interval, an admin
+        removal, a rebalance) cannot commit, and retrying will not change that: only the next poll
+        rejoins. The batch is then delivered again — to this worker or another — and is a no-op
+        there (its facts are stored under their receipts), exactly as after a crash.
+        """
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as error:
+            log.warning("commit_lost_to_rebalance", worker="ingest", topic=self.topic, error=repr(error),
+                        offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()})
+            return False
+        return True
 
     def _publish_effects(self, records: list[Any], outcomes: list[Outcome]) -> dict[str, int]:
         counts = {"accepted": 0, "rejected": 0, "duplicate": 0, "decisions": 0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -21,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.admin import MemberToRemove
 
 from arledger.generate import generate_labelled
-from arledger.settings import TOPIC_DECISIONS, TOPIC_LEDGER, TOPIC_REJECTED, Settings
-from consumers.publisher import publish_lines, wait_for_outcomes
-from consumers.topics import ensure_topics
-from helpers import Workers, env_of, envelope, line, projection_rows, query, read_topic, running_workers, settings_on
+from arledger.settings import TOPIC_DECISIONS, TOPIC_INBOUND, TOPIC_LEDGER, TOPIC_REJECTED, Settings
+from consumers.ingest import INGEST_GROUP_ID, IngestWorker
+from consumers.publisher import end_offsets, publish_lines, wait_for_outcomes
+from consumers.topics import admin_client, ensure_topics
+from helpers import (Workers, env_of, envelope, line, projection_rows, query, read_topic, running_workers,
+                     settings_on, wait_until)
 from ledger.application import Ledger
 
 pytestmark = pytest.mark.slow
@@ -168,3 +172,46 @@ def assert_the_fault_struck_and_recovery_redid_it(fault: str, crashed: RunResult
     if worker == "project":
         # The batch rolled back with the process was applied by the restarted projector.
         assert sum(b["applied"] for b in crashed.batches("project")) == crashed.stored_events - 1
+
+
+def test_an_ingest_worker_dropped_from_its_group_mid_batch_carries_on(kafka_settings: Settings) -> None:
+    """A member that loses its group membership between the ledger save and the offset commit (a long
+    pause, an admin removal) cannot commit; it must not retry blindly and die, but rejoin and take the
+    batch again, as no-ops."""
+    ensure_topics(kafka_settings)
+    group = kafka_settings.topic(INGEST_GROUP_ID)
+    ledger = Ledger(kafka_settings.store_url)
+    worker = IngestWorker(kafka_settings, ledger)
+    try:
+        publish_lines(kafka_settings, [line(envelope("d1-reg", "customer.registered", "D1", "2026-01-01", {
+            "name": "Dropped", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}))])
+        wait_until(lambda: worker.run_once(500) > 0, "the worker to join its group and take the registration")
+        publish_lines(kafka_settings, [line(envelope("d1-o1", "order.placed", "D1", "2026-01-05", {
+            "order_id": "O-1", "amount": 20_000, "currency": "EUR"}))])
+        save = ledger.process_batch
+
+        def save_then_lose_membership(records):
+            outcomes = save(records)
+            with admin_client(kafka_settings) as admin:
+                members = admin.describe_groups([group])[group]["members"]
+                admin.remove_group_members(group, [MemberToRemove(member_id=m["member_id"]) for m in members])
+            return outcomes
+
+        ledger.process_batch = save_then_lose_membership
+        started = time.monotonic()
+        assert worker.run_once(5_000) == 1
+        assert time.monotonic() - started < 10  # no blind commit retries (they took ~30 s, then the worker died)
+        ledger.process_batch = save
+        wait_until(lambda: worker.run_once(500) > 0, "the order again, after the worker rejoined")
+        with admin_client(kafka_settings) as admin:
+            committed = admin.list_group_offsets(group)[group]
+        end = end_offsets(kafka_settings, kafka_settings.topic(TOPIC_INBOUND))
+        assert {tp.partition: om.offset for tp, om in committed.items() if om.offset >= 0} == \
+            {p: offset for p, offset in end.items() if offset}
+        # Stored once; its decision published again on redelivery, the very same record.
+        assert [event.envelope_id for event in ledger.stored_events("D1")] == ["d1-reg", "d1-o1", "d1-o1"]
+        decisions = [record.value for record in read_topic(kafka_settings, TOPIC_DECISIONS, at_least=2)]
+        assert len(decisions) == 2 and decisions[0] == decisions[1]
+    finally:
+        worker.close()
+        ledger.close()
