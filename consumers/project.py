@@ -49,10 +49,14 @@ class Projector:
         # A rebuilt file may lag the published snapshot: hold snapshots until it has caught up with that.
         self._snapshot_floor = self._offsets_of(self.snapshot_path) if self.rebuilt_path.exists() else None
         with swap_lock(self.path):
-            adopt_rebuilt(self.path)
+            # One projector per file; tells `arledger rebuild` to hand over rather than install.
+            self._presence = announce_projector(self.path)
+            adopted = adopt_rebuilt(self.path)
             self.connection = schema.connect(str(self.path))
-            self._presence = announce_projector(self.path)  # tells `arledger rebuild` to hand over, not install
         schema.create_schema(self.connection)
+        if adopted:
+            log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
+                     snapshot_held_until=self._snapshot_floor)
         self.consumer = consumer or clients.assigned_consumer(settings, "arledger-project", PROJECT_BATCH_EVENTS_MAX)
         self.partitions = clients.partitions_of(self.consumer, self.topic)
         self.consumer.assign(self.partitions)

@@ -134,15 +134,22 @@ def _presence_path(projection_path: Path) -> Path:
 
 
 def announce_projector(projection_path: Path) -> BinaryIO:
-    """A shared lock held by a projector while it has `projection_path` open; close the file to release it.
+    """An exclusive lock held by the projector while it has `projection_path` open; close the file to release it.
 
     DuckDB's own fcntl lock cannot tell: POSIX drops a process's fcntl locks on a
     file as soon as it closes *any* descriptor of it, which copying the file for
-    a snapshot does. flock locks belong to their own open file and stay.
+    a snapshot does. flock locks belong to their own open file and stay. So this
+    lock also stops a second projector (a second `arledger run` on the same home)
+    from writing the same file.
     """
     projection_path.parent.mkdir(parents=True, exist_ok=True)
     presence = open(_presence_path(projection_path), "a+b")  # noqa: SIM115 (held for the projector's life)
-    fcntl.flock(presence, fcntl.LOCK_SH)
+    try:
+        fcntl.flock(presence, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        presence.close()
+        raise RebuildError(f"another projector is writing {projection_path} "
+                           f"(it holds {_presence_path(projection_path).name})") from None
     return presence
 
 
