@@ -387,6 +387,13 @@ class Verifier:
         self.progress = progress or ProgressSink()
         self.report = VerifyReport(from_checkpoint=checkpoint)
         self.topic = settings.topic(TOPIC_LEDGER)
+        self._account_ids: dict[str, Any] = {}  # uuid5 per customer, computed once
+
+    def _account_id(self, customer_id: str) -> Any:
+        found = self._account_ids.get(customer_id)
+        if found is None:
+            found = self._account_ids[customer_id] = account_id(customer_id)
+        return found
 
     def run(self) -> VerifyReport:
         with tempfile.TemporaryDirectory(prefix="arledger-verify-") as scratch:
@@ -687,7 +694,7 @@ class Verifier:
         def problem(reason: str) -> None:
             self.report.add(Problem("store", reason, position=position, customer_id=customer, version=version))
 
-        if notification.originator_id != account_id(customer):
+        if notification.originator_id != self._account_id(customer):
             problem(f"stored in stream {notification.originator_id}, which is not customer {customer}'s "
                     f"(moved or swapped?)")
             return

@@ -132,14 +132,7 @@ def _columns(connection: duckdb.DuckDBPyConnection, database: str, table: str) -
 
 
 def _format_row(columns: list[str], row: tuple) -> str:
-    cells = []
-    for name, value in zip(columns, row):
-        if isinstance(value, dt.datetime):
-            value = value.isoformat()
-        elif isinstance(value, dt.date):
-            value = value.isoformat()
-        cells.append(f"{name}={value!r}" if not isinstance(value, str) else f"{name}={value}")
-    return "(" + ", ".join(cells) + ")"
+    return "(" + ", ".join(f"{name}={_cell(value)}" for name, value in zip(columns, row)) + ")"
 
 
 def compare_with_snapshot(fresh: duckdb.DuckDBPyConnection, snapshot: Path,
@@ -171,24 +164,52 @@ def _compare_table(fresh: duckdb.DuckDBPyConnection, main_database: str, table: 
     column_list = ", ".join(f'"{name}"' for name in columns)
     order = "ORDER BY position" if "position" in columns else ""
     main = f'"{main_database}"'
-    sides = (("the snapshot has", "live", main), ("a fresh fold of the events has", main, "live"))
-    found: list[tuple[str, int, list[tuple]]] = []
-    for label, left, right in sides:
+    found: dict[str, tuple[int, list[tuple]]] = {}
+    for side, left, right in (("snapshot", "live", main), ("fold", main, "live")):
         query = (f"SELECT {column_list} FROM {left}.main.{table} EXCEPT ALL "
                  f"SELECT {column_list} FROM {right}.main.{table}")
         count = fresh.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
         if count:
-            rows = fresh.execute(f"SELECT * FROM ({query}) {order} LIMIT {rows_shown_max}").fetchall()
-            found.append((label, count, rows))
+            found[side] = (count, fresh.execute(f"SELECT * FROM ({query}) {order} LIMIT {rows_shown_max}").fetchall())
     if not found:
         return []
     located = [(row[columns.index("position")], row[columns.index("customer_id")] if "customer_id" in columns else None)
-               for _, _, rows in found for row in rows
+               for _, rows in found.values() for row in rows
                if "position" in columns and row[columns.index("position")] is not None]
     position, customer_id = min(located, key=lambda pair: pair[0]) if located else (None, None)
-    parts = [f"{label} {count} row(s) the other lacks, e.g. " + "; ".join(_format_row(columns, row) for row in rows)
-             for label, count, rows in found]
-    return [TableDifference(table, " | ".join(parts), position=position, customer_id=customer_id)]
+    return [TableDifference(table, _describe_rows(columns, found), position=position, customer_id=customer_id)]
+
+
+def _describe_rows(columns: list[str], found: dict[str, tuple[int, list[tuple]]]) -> str:
+    """Rows of the same position on both sides as column changes; the others in full."""
+    snapshot_count, snapshot_rows = found.get("snapshot", (0, []))
+    fold_count, fold_rows = found.get("fold", (0, []))
+    parts = []
+    if "position" in columns and snapshot_rows and fold_rows:
+        index = columns.index("position")
+        fold_by_position = {row[index]: row for row in fold_rows}
+        for row in list(snapshot_rows):
+            other = fold_by_position.pop(row[index], None)
+            if other is None:
+                continue
+            snapshot_rows.remove(row)
+            fold_rows.remove(other)
+            changes = [f"{name} is {_cell(value)} in the snapshot, {_cell(expected)} from the events"
+                       for name, value, expected in zip(columns, row, other) if value != expected]
+            parts.append(f"row of position {row[index]} differs: " + "; ".join(changes))
+    if snapshot_rows:
+        parts.append(f"{snapshot_count} row(s) only in the snapshot, e.g. "
+                     + "; ".join(_format_row(columns, row) for row in snapshot_rows))
+    if fold_rows:
+        parts.append(f"{fold_count} row(s) only in a fresh fold of the events, e.g. "
+                     + "; ".join(_format_row(columns, row) for row in fold_rows))
+    return " | ".join(parts)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return repr(value) if not isinstance(value, str) else value
 
 
 # -- Traces -------------------------------------------------------------------------------------

@@ -530,3 +530,52 @@ def test_verify_of_a_store_alone_reports_unrelayed_events_without_failing(tmp_pa
     assert (report_.chain_length, report_.not_relayed, report_.streams) == (len(records), 2, 1)
     exported = list(audit.stored_records(ledger))
     assert [record_encoder.encode(r) for r in exported] == [record_encoder.encode(r) for r in records]
+
+
+# -- Corrections without deletion (docs/auditors.md): a new event corrects, the mistake stays in history ----
+
+@pytest.fixture
+def corrected(tmp_path: Path):
+    """Mistakes recorded on 2026-03-10 and corrected by new facts recorded on 2026-03-12."""
+    from ledger_fixture import LedgerFixture, builders as b
+
+    fx = LedgerFixture(tmp_path / "corrections.duckdb")
+    fx.batch(b.registered(limit=100_000), b.sale("I1", 50_000, issued_on="2026-03-01", due_on="2026-03-31"),
+             at="2026-03-01T12:00:00Z")
+    fx.batch(b.sale("I2", 12_000, issued_on="2026-03-05", due_on="2026-04-04"),  # should have been 10,000
+             b.payment("P1", 9_000, received_on="2026-03-06"),  # was 900, keyed wrongly
+             b.limit_changed(10_000, on="2026-03-07"),  # meant 100,000 → 110,000
+             b.dispute_opened("I1", on="2026-03-08"),  # opened on the wrong invoice
+             b.hold_placed(on="2026-03-08"),
+             b.order_placed("O1", 1_000, on="2026-03-09"),  # placed twice upstream
+             at="2026-03-10T12:00:00Z")
+    fx.batch(b.credit_note("CN1", "I2", 2_000, on="2026-03-11"),
+             b.reversal("P1", on="2026-03-11"),
+             b.payment("P1-fixed", 900, received_on="2026-03-06"),
+             b.limit_changed(110_000, on="2026-03-07"),  # same business date: later recorded wins
+             b.dispute_resolved("I1", on="2026-03-11"),
+             b.hold_released(on="2026-03-11"),
+             b.order_cancelled("O1", on="2026-03-11"),
+             at="2026-03-12T12:00:00Z")
+    yield fx
+    fx.close()
+
+
+def test_each_mistake_is_corrected_by_a_new_event_and_the_mistake_stays_on_record(corrected):
+    connection = corrected.connection
+    as_of = dt.date(2026, 3, 31)
+    after = {row["customer_id"]: row for row in reports.balances(connection, as_of)["rows"]}["C1"]
+    # 50,000 + 12,000 − 2,000 credit note − 900 re-keyed payment (the 9,000 was reversed)
+    assert after["balance"] == 59_100 and after["credit_limit"] == 110_000 and after["on_hold"] is False
+    assert after["open_orders"] == 0
+    before = {row["customer_id"]: row for row in
+              reports.balances(connection, as_of, dt.datetime(2026, 3, 11, tzinfo=dt.UTC))["rows"]}["C1"]
+    assert before["balance"] == 53_000 and before["credit_limit"] == 10_000 and before["on_hold"] is True
+    kinds = [row[0] for row in connection.execute("SELECT kind FROM ledger_events ORDER BY position").fetchall()]
+    for mistake, correction in [("sale.recorded", "credit_note.issued"), ("payment.received", "payment.reversed"),
+                                ("credit_limit.changed", "credit_limit.changed"),
+                                ("dispute.opened", "dispute.resolved"), ("credit_hold.placed", "credit_hold.released"),
+                                ("order.placed", "order.cancelled")]:
+        assert mistake in kinds and correction in kinds[kinds.index(mistake) + 1:], (mistake, correction)
+    (positions, highest) = connection.execute("SELECT count(*), max(position) FROM ledger_events").fetchone()
+    assert positions == highest  # nothing removed: positions 1..N all present
