@@ -205,6 +205,8 @@ def _checkpoint(args: argparse.Namespace, path: Path):
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
     from consumers.audit import append_checkpoints, verify
 
     settings = Settings.from_env()
@@ -216,6 +218,10 @@ def run_verify(args: argparse.Namespace) -> int:
                             skip=frozenset(args.skip), progress=_RichProgress(progress) if progress else None)
     except FileNotFoundError as error:
         print(f"arledger verify: {error}", file=sys.stderr)
+        return 2
+    except (KafkaError, RuntimeError, TimeoutError) as error:
+        print(f"arledger verify: cannot read ar.ledger from {settings.kafka_bootstrap}: {error} "
+              f"(--skip topic verifies the store and the read models without Kafka)", file=sys.stderr)
         return 2
     new_checkpoints = append_checkpoints(checkpoints_path, report.checkpoints) if report.ok else 0
     if args.format == "json":
