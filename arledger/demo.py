@@ -43,6 +43,8 @@ WAIT_POLL_S = 0.5
 # The workers finish their batch and publish a last snapshot on SIGTERM; a stuck one is killed after this.
 WORKERS_STOP_TIMEOUT_S = 60.0
 TOP_ROWS = 12
+WORKLIST_COLUMNS = ("customer_id", "name", "currency", "invoice_id", "due_on", "days_past_due", "open_amount",
+                    "step", "owner", "broken_promise", "last_action")
 MARKER_NAME = "demo.json"  # written in ARLEDGER_HOME: the home's ledger is the demo's own, safe to reset
 
 
@@ -233,7 +235,7 @@ def run(settings: Settings, options: DemoOptions, console: Console, progress_con
             result.seconds["process"] = time.monotonic() - phase
         _print_outcomes(console, result.counts)
         phase = time.monotonic()
-        result.files = report(settings, as_of, start, console)
+        result.files = report(settings, as_of, start, console, result.counts)
         result.seconds["reports"] = time.monotonic() - phase
     result.seconds["total"] = time.monotonic() - started
     return result
@@ -335,13 +337,14 @@ def month_ends(start: dt.date, as_of: dt.date) -> list[dt.date]:
         day = last + dt.timedelta(days=1)
 
 
-def report(settings: Settings, as_of: dt.date, start: dt.date, console: Console) -> list[Path]:
+def report(settings: Settings, as_of: dt.date, start: dt.date, console: Console,
+           counts: dict[str, int] | None = None) -> list[Path]:
     """Print the reports from the published snapshot and write the charts and the HTML page; returns the files."""
     from projections import schema
 
     connection = schema.connect(str(settings.snapshot_path), read_only=True)
     try:
-        return DemoReport(connection, as_of, start, console).write(settings.home / "reports", settings)
+        return DemoReport(connection, as_of, start, console, counts or {}).write(settings.home / "reports", settings)
     finally:
         connection.close()
 
@@ -349,8 +352,10 @@ def report(settings: Settings, as_of: dt.date, start: dt.date, console: Console)
 class DemoReport:
     """Collects each report once, prints it, and keeps it for the HTML page."""
 
-    def __init__(self, connection, as_of: dt.date, start: dt.date, console: Console) -> None:
+    def __init__(self, connection, as_of: dt.date, start: dt.date, console: Console,
+                 counts: dict[str, int]) -> None:
         self.connection = connection
+        self.counts = counts
         self.as_of = as_of
         self.start = start
         self.console = console
@@ -400,6 +405,9 @@ class DemoReport:
                  "Kafka, the event-sourced ledger and the DuckDB read models by <code>arledger demo</code>. "
                  "Amounts in major units of each currency; currencies are never added together.")
         chart_sections = [(title, charts.html_image(png, title)) for title, png, _ in images]
+        outcomes = [{"outcome": key.replace("rejected:", "rejected: "), "records": value}
+                    for key, value in sorted(self.counts.items(), key=lambda item: (":" in item[0], item[0]))]
+        chart_sections.append(("Inbound records and their outcomes", charts.html_table(outcomes)))
         html_path.write_text(charts.html_report(f"arledger demo — receivables as of {self.as_of}", intro,
                                                 [*chart_sections, *self.sections]), encoding="utf-8")
         files = [path for _, _, path in images] + [html_path]
@@ -455,19 +463,19 @@ class DemoReport:
 
     def worklist(self) -> None:
         title = f"Collections worklist for {self.as_of}"
-        try:
+        try:  # built by the credit-control issue: the dunning ladder of the config decides the next step
+            from consumers.alerts import load_config
             from projections import worklist as module
-            report = module.worklist(self.connection, self.as_of)
-            rows = report["rows"] if isinstance(report, dict) else list(report)
-        except Exception as error:  # the module is being built: show the largest overdue items instead
+            rows = module.worklist(self.connection, load_config().ladder, self.as_of)["rows"]
+        except Exception as error:  # not there (yet), or its API moved: show the largest overdue items instead
             rows = None
-            reason = "not available yet" if isinstance(error, ImportError) else f"failed ({error})"
+            reason = "not available" if isinstance(error, ImportError) else f"failed ({type(error).__name__}: {error})"
         if rows is not None:
-            money = {column for column in (rows[0] if rows else {}) if "amount" in column}
-            self.print_table(title, rows[:TOP_ROWS * 2], money)
-            if len(rows) > TOP_ROWS * 2:
-                self.note(f"{len(rows):,} items due for an action; the first {TOP_ROWS * 2} shown "
-                          "('arledger report worklist' lists them all).")
+            shown = [{column: row[column] for column in WORKLIST_COLUMNS if column in row}
+                     for row in rows[:TOP_ROWS * 2]]
+            self.print_table(title + f": {len(rows):,} items due for an action", shown, {"open_amount"})
+            self.note("Next step from the dunning ladder (deploy/arledger.toml); broken promises first, then by "
+                      "open amount. 'arledger worklist' lists them all.")
             return
         rows = _rows(self.connection, """
             WITH last_action AS (
