@@ -93,13 +93,13 @@ def delete_topics(settings: Settings, prefix: str) -> None:
 class Run:
     """One benchmark run: its results dict, its errors, and a helper that runs one stage safely."""
 
-    def __init__(self, sizes: Sizes, quick: bool, only: set[str]) -> None:
+    def __init__(self, sizes: Sizes, quick: bool, only: set[str], command: str = "arledger bench") -> None:
         self.sizes = sizes
         self.only = only
         self.results: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "generated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": "arledger " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "arledger bench",
+            "command": command,
             "quick": quick,
             "sizes": {**asdict(sizes), "aging_items": list(sizes.aging_items)},
             "machine": machine.facts(),
@@ -158,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
 
     logs.configure("warning")  # the workers' per-batch lines would drown the table
     sizes = Sizes.from_args(args)
-    run = Run(sizes, args.quick, only)
+    run = Run(sizes, args.quick, only, reproduce_command(args))
     say = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
     settings = Settings.from_env()
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
@@ -189,6 +189,20 @@ def main(args: argparse.Namespace) -> int:
         report.update_readme(REPO_ROOT / "README.md", report.markdown(results))
         print(f"README.md Performance section updated from {args.out}")
     return 1 if results["errors"] else 0
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that gives the same sizes (no file paths: results files travel between machines)."""
+    parts = ["arledger bench"]
+    if args.quick:
+        parts.append("--quick")
+    for flag, name in (("--customers", "customers"), ("--months", "months"), ("--rebuild-events", "rebuild_events"),
+                       ("--latency-rate", "latency_rate"), ("--latency-seconds", "latency_seconds"),
+                       ("--aging-items", "aging_items"), ("--only", "only")):
+        value = getattr(args, name, None)
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable[[str], None],

@@ -221,7 +221,12 @@ def _load_sentence(machine: dict[str, Any]) -> str:
     text = f"Load average (1 min) {start[0]:.1f} at the start"
     if end:
         text += f", {end[0]:.1f} at the end"
-    return text + f" of the run on {machine.get('cores')} cores."
+    text += f" of the run on {machine.get('cores')} cores."
+    cores = machine.get("cores") or 1
+    if max(start[0], (end or start)[0]) > cores:
+        text += (" Other processes were taking most of the CPU during this run, so the absolute figures are well "
+                 "below what an idle machine gives; the ratios, measured in the same run, are the fairer reading.")
+    return text
 
 
 def update_readme(readme: Path, section: str) -> None:
