@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from array import array
 import json
 import math
 import shutil
@@ -369,10 +370,58 @@ class _StreamHead:
     customer_id: str
 
 
-@dataclass
 class _TopicIndex:
-    digests: dict[int, tuple[bytes, int, int]] = field(default_factory=dict)  # position → (sha256, partition, offset)
-    projected: set[int] = field(default_factory=set)  # positions at offsets the snapshot has applied
+    """Per position of ar.ledger: a digest of the record's bytes, where it was read, and whether the snapshot
+    applied it. Dense arrays up to the chain length known before reading (~40 bytes a position instead of a
+    few hundred in a dict); anything beyond (published meanwhile, or forged) goes to `overflow`."""
+
+    DIGEST_BYTES = 16  # 128 bits of SHA-256: equality of two records, not a security boundary of its own
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.digests = bytearray(self.DIGEST_BYTES * (capacity + 1))
+        self.partitions = array("i", [-1]) * (capacity + 1)
+        self.offsets = array("q", [0]) * (capacity + 1)
+        self.projected = bytearray(capacity + 1)
+        self.overflow: dict[int, tuple[bytes, int, int]] = {}
+        self.overflow_projected: set[int] = set()
+
+    @classmethod
+    def digest(cls, value: bytes) -> bytes:
+        return hashlib.sha256(value).digest()[:cls.DIGEST_BYTES]
+
+    def _dense(self, position: int) -> bool:
+        return 1 <= position <= self.capacity
+
+    def get(self, position: int) -> tuple[bytes, int, int] | None:
+        if not self._dense(position):
+            return self.overflow.get(position)
+        if self.partitions[position] < 0:
+            return None
+        start = position * self.DIGEST_BYTES
+        return bytes(self.digests[start:start + self.DIGEST_BYTES]), self.partitions[position], self.offsets[position]
+
+    def put(self, position: int, digest: bytes, partition: int, offset: int) -> None:
+        if not self._dense(position):
+            self.overflow[position] = (digest, partition, offset)
+            return
+        start = position * self.DIGEST_BYTES
+        self.digests[start:start + self.DIGEST_BYTES] = digest
+        self.partitions[position], self.offsets[position] = partition, offset
+
+    def mark_projected(self, position: int) -> None:
+        if self._dense(position):
+            self.projected[position] = 1
+        else:
+            self.overflow_projected.add(position)
+
+    def is_projected(self, position: int) -> bool:
+        return bool(self.projected[position]) if self._dense(position) else position in self.overflow_projected
+
+    def positions_beyond(self, last: int) -> list[int]:
+        """Positions present on the topic that are not in 1..last."""
+        dense = [p for p in range(last + 1, self.capacity + 1) if self.partitions[p] >= 0]
+        return sorted(dense + [p for p in self.overflow if p > last or p < 1])
 
 
 class Verifier:
@@ -413,8 +462,9 @@ class Verifier:
             snapshot_offsets = projection_audit.snapshot_offsets(snapshot, self.topic) if snapshot else None
             topic = None
             if "topic" not in self.skip:
-                self._published_before = load_chain(ledger).published_position  # all on the topic by now
-                topic = self._read_topic(snapshot_offsets)
+                before = load_chain(ledger)
+                self._published_before = before.published_position  # all on the topic by now
+                topic = self._read_topic(snapshot_offsets, before.length)
                 report.checked.append("topic")
             else:
                 report.skipped.append("topic")
@@ -455,11 +505,11 @@ class Verifier:
 
     # -- ar.ledger ---------------------------------------------------------------------------
 
-    def _read_topic(self, snapshot_offsets: dict[int, int] | None) -> _TopicIndex:
+    def _read_topic(self, snapshot_offsets: dict[int, int] | None, capacity: int) -> _TopicIndex:
         from consumers import clients
 
         consumer = clients.assigned_consumer(self.settings, "arledger-verify", TOPIC_POLL_RECORDS_MAX)
-        index = _TopicIndex()
+        index = _TopicIndex(capacity)
         customer_partition: dict[str, int] = {}
         last_position: dict[int, int] = {}
         try:
@@ -510,8 +560,8 @@ class Verifier:
         if home != message.partition:
             report.add(Problem("topic", f"{where}: customer {record.customer_id} also appears on partition {home}",
                                position=position, customer_id=record.customer_id, version=record.version))
-        digest = hashlib.sha256(message.value).digest()
-        known = index.digests.get(position)
+        digest = _TopicIndex.digest(message.value)
+        known = index.get(position)
         if known is not None:
             if known[0] == digest:
                 report.topic_duplicates += 1
@@ -524,10 +574,10 @@ class Verifier:
                 report.add(Problem("topic", f"{where}: position {position} comes after position "
                                             f"{last_position[message.partition]} on its partition (reordered)",
                                    position=position, customer_id=record.customer_id, version=record.version))
-            index.digests[position] = (digest, message.partition, message.offset)
+            index.put(position, digest, message.partition, message.offset)
         last_position[message.partition] = max(last_position.get(message.partition, 0), position)
         if snapshot_offsets is not None and message.offset < snapshot_offsets.get(message.partition, 0):
-            index.projected.add(position)
+            index.mark_projected(position)
 
     def _fetch_topic_record(self, partition: int, offset: int) -> bytes | None:
         from kafka import TopicPartition
@@ -548,14 +598,14 @@ class Verifier:
 
     def _compare_topic_record(self, record: LedgerRecord, encoded: bytes, topic: _TopicIndex,
                               chain: ChainIndex) -> None:
-        known = topic.digests.get(record.position)
+        known = topic.get(record.position)
         if known is None:
             if record.position <= self._published_before:
                 self.report.add(Problem("topic", f"missing from {self.topic} although the relay recorded it as "
                                                  f"published", position=record.position,
                                         customer_id=record.customer_id, version=record.version))
             return
-        if known[0] == hashlib.sha256(encoded).digest():
+        if known[0] == _TopicIndex.digest(encoded):
             return
         self.report.add(Problem("topic", f"{self.topic} partition {known[1]} offset {known[2]} differs from the "
                                          f"store: {self._field_diff(record, known)}", position=record.position,
@@ -580,8 +630,8 @@ class Verifier:
         return "; ".join(differing)[:2_000]
 
     def _check_topic_tail(self, chain: ChainIndex, topic: _TopicIndex) -> None:
-        for position in sorted(p for p in topic.digests if p > chain.length or p < 1):
-            _, partition, offset = topic.digests[position]
+        for position in topic.positions_beyond(chain.length):
+            _, partition, offset = topic.get(position)
             self.report.add(Problem("topic", f"{self.topic} partition {partition} offset {offset} has position "
                                              f"{position}, which the store's chain does not have (injected?)",
                                     position=position))
@@ -777,13 +827,10 @@ class Verifier:
     def _fresh_fold(self, scratch: Path, snapshot: Path | None, topic: _TopicIndex | None) -> "_Fold | None":
         if snapshot is None:
             return None
-        if topic is not None:
-            wanted: set[int] | None = topic.projected
-        else:
-            wanted = None
+        if topic is None:
             self.report.notes.append("ar.ledger not read: the fresh fold takes every position up to the highest "
                                      "one in the snapshot")
-        return _Fold(scratch / "fresh.duckdb", wanted, projection_audit.max_position(snapshot), self.progress)
+        return _Fold(scratch / "fresh.duckdb", topic, projection_audit.max_position(snapshot), self.progress)
 
     def _compare_projection(self, fold: "_Fold", snapshot: Path) -> None:
         self.report.projected_events = fold.count
@@ -805,20 +852,20 @@ class Verifier:
 class _Fold:
     """A fresh DuckDB fold of the store's records that the snapshot should reflect."""
 
-    def __init__(self, path: Path, wanted: set[int] | None, max_position: int,
+    def __init__(self, path: Path, topic: _TopicIndex | None, max_position: int,
                  progress: ProgressSink) -> None:
         self.connection = projection_audit.fresh_read_model(path)
         self.staging_dir = path.parent
-        self.wanted = wanted
+        self.topic = topic  # None: every position up to max_position
         self.max_position = max_position
         self.pending: list[bytes] = []
         self.count = 0
         self.progress = progress
 
     def add(self, position: int, encoded: bytes) -> None:
-        if self.wanted is not None and position not in self.wanted:
+        if self.topic is not None and not self.topic.is_projected(position):
             return
-        if self.wanted is None and position > self.max_position:
+        if self.topic is None and position > self.max_position:
             return
         self.pending.append(encoded)
         if len(self.pending) >= FOLD_BATCH_EVENTS:
