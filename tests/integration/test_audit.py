@@ -272,8 +272,9 @@ def test_verify_finds_an_edited_projected_row(system: System, tmp_path: Path, ed
 
 # -- Tampering with a copy of ar.ledger ------------------------------------------------------------
 
-def copy_ledger_topic(system: System, change) -> Any:
-    """ar.ledger copied record by record (same partition, key) into fresh topics; `change` may edit or drop."""
+def copy_ledger_topic(system: System, change, extra: list[bytes] = ()) -> Any:
+    """ar.ledger copied record by record (same partition, key) into fresh topics; `change` may edit or drop;
+    `extra` records are appended to partition 0."""
     target = settings_on(system.settings.kafka_bootstrap, system.home, f"t{uuid.uuid4().hex[:8]}.")
     ensure_topics(target)
     producer = KafkaProducer(bootstrap_servers=target.kafka_bootstrap, acks="all", enable_idempotence=True)
@@ -282,6 +283,9 @@ def copy_ledger_topic(system: System, change) -> Any:
             value = change(record.value)
             if value is not None:
                 producer.send(target.topic("ar.ledger"), key=record.key, value=value, partition=record.partition)
+        for value in extra:
+            producer.send(target.topic("ar.ledger"), key=json.loads(value)["customer_id"].encode(), value=value,
+                          partition=0)
         producer.flush()
     finally:
         producer.close(timeout=10)
@@ -289,7 +293,7 @@ def copy_ledger_topic(system: System, change) -> Any:
 
 
 @pytest.mark.slow
-def test_verify_finds_an_edited_and_a_dropped_record_on_ar_ledger(system: System):
+def test_verify_finds_an_edited_a_dropped_and_an_injected_record_on_ar_ledger(system: System):
     edited, *_ = event_at(system, "cash.allocated")
     dropped, *_ = event_at(system, "sale.recorded", nth=1)
 
@@ -301,12 +305,15 @@ def test_verify_finds_an_edited_and_a_dropped_record_on_ar_ledger(system: System
             return value.replace(b'"amount":', b'"amount":1', 1)
         return value
 
-    target = copy_ledger_topic(system, change)
+    last = json.loads(read_topic(system.settings, "ar.ledger", at_least=system.events)[0].value)
+    forged = json.dumps({**last, "position": system.events + 1}).encode()
+    target = copy_ledger_topic(system, change, extra=[forged])
     status, body = verify_json(env_of(target) | {"ARLEDGER_STORE": system.settings.store_url},
                                "--skip", "projection")
     assert status == 1
     by_position = {p["position"]: p for p in body["problems"]}
-    assert set(by_position) == {edited, dropped}, body["problems"]
+    assert set(by_position) == {edited, dropped, system.events + 1}, body["problems"]
+    assert "injected" in by_position[system.events + 1]["reason"]
     assert by_position[edited]["check"] == "topic" and "amount" in by_position[edited]["reason"]
     assert "missing from" in by_position[dropped]["reason"]
 
