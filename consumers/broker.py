@@ -165,7 +165,7 @@ def check_kafka_jars(lib: Path | None = None) -> Path:
     return lib
 
 
-def _java_command(java: str, lib: Path, jvm_options: tuple[str, ...], logs_dir: Path) -> list[str]:
+def java_command(java: str, lib: Path, jvm_options: tuple[str, ...], logs_dir: Path) -> list[str]:
     return [
         java,
         *jvm_options,
@@ -186,7 +186,7 @@ def _read_pid(settings: Settings) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (reaping our own children)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # a broker this process started exits as a zombie
@@ -205,14 +205,19 @@ def _pid_alive(pid: int) -> bool:
 
 def _is_our_broker(pid: int, settings: Settings) -> bool:
     """True if `pid` is a live kafka.Kafka run on this home's server.properties (not a reused PID)."""
-    if not _pid_alive(pid):
+    return is_kafka_process(pid, _properties_path(settings))
+
+
+def is_kafka_process(pid: int, properties_path: Path) -> bool:
+    """True if `pid` is a live kafka.Kafka run on `properties_path` (not a reused PID)."""
+    if not pid_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc: trust the PID file
     args = [arg.decode(errors="replace") for arg in cmdline]
-    return "kafka.Kafka" in args and str(_properties_path(settings)) in args
+    return "kafka.Kafka" in args and str(properties_path) in args
 
 
 def _recorded_broker_pid(settings: Settings) -> int | None:
@@ -232,7 +237,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_kafka_logging() -> Iterator[None]:
+def quiet_kafka_logging() -> Iterator[None]:
     """Silence kafka-python's connection errors while probing a broker that is not up yet."""
     logger = logging.getLogger("kafka")
     level = logger.level
@@ -245,9 +250,14 @@ def _quiet_kafka_logging() -> Iterator[None]:
 
 def broker_answers(bootstrap: str, timeout_ms: int = READY_PROBE_TIMEOUT_MS) -> bool:
     """One probe: True if an admin client's metadata call gets an answer from `bootstrap`."""
+    return bool(answering_broker_ids(bootstrap, timeout_ms))
+
+
+def answering_broker_ids(bootstrap: str, timeout_ms: int = READY_PROBE_TIMEOUT_MS) -> frozenset[int]:
+    """One probe: the node ids of the live brokers the cluster at `bootstrap` reports (empty: no answer)."""
     from kafka import KafkaAdminClient  # imported late: `broker status` stays fast without it
 
-    with _quiet_kafka_logging():
+    with quiet_kafka_logging():
         admin = None
         try:
             admin = KafkaAdminClient(
@@ -257,9 +267,10 @@ def broker_answers(bootstrap: str, timeout_ms: int = READY_PROBE_TIMEOUT_MS) -> 
                 request_timeout_ms=timeout_ms,
             )
             cluster = admin.describe_cluster()
-            return bool(cluster.get("brokers"))
+            # DescribeCluster lists fenced brokers too (a node that died and was not yet restarted).
+            return frozenset(int(b["broker_id"]) for b in cluster.get("brokers") or () if not b.get("is_fenced"))
         except Exception:  # noqa: BLE001 - any failure means "not answering yet"
-            return False
+            return frozenset()
         finally:
             if admin is not None:
                 with contextlib.suppress(Exception):
@@ -332,7 +343,7 @@ def server_properties(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -344,12 +355,12 @@ def _is_formatted(settings: Settings) -> bool:
 
 def _format_storage(settings: Settings, java: str, lib: Path) -> None:
     """Format log.dirs once: a new cluster id, this node as the only voter."""
-    base = _java_command(java, lib, STORAGE_TOOL_JVM_OPTIONS, _logs_dir(settings))
-    cluster_id = _run_storage_tool([*base, "kafka.tools.StorageTool", "random-uuid"]).strip()
+    base = java_command(java, lib, STORAGE_TOOL_JVM_OPTIONS, _logs_dir(settings))
+    cluster_id = run_storage_tool([*base, "kafka.tools.StorageTool", "random-uuid"]).strip()
     cluster_id = cluster_id.splitlines()[-1].strip() if cluster_id else ""
     if not cluster_id:
         raise BrokerError("kafka.tools.StorageTool random-uuid printed no cluster id")
-    _run_storage_tool(
+    run_storage_tool(
         [
             *base,
             "kafka.tools.StorageTool",
@@ -363,7 +374,7 @@ def _format_storage(settings: Settings, java: str, lib: Path) -> None:
     )
 
 
-def _run_storage_tool(command: list[str]) -> str:
+def run_storage_tool(command: list[str]) -> str:
     try:
         result = subprocess.run(
             command,
@@ -445,7 +456,7 @@ def _start_locked(settings: Settings, timeout_s: float) -> BrokerStatus:
                 f"not {settings.broker_port}: use ARLEDGER_BROKER_PORT={running_port}, or stop it first."
             )
         # Ours, maybe still starting: wait for it rather than start a second one.
-        wait_until_ready(bootstrap, timeout_s, still_starting=lambda: _pid_alive(pid))
+        wait_until_ready(bootstrap, timeout_s, still_starting=lambda: pid_alive(pid))
         return _started_status(settings, pid, already_running=True, started=started)
     _pid_path(settings).unlink(missing_ok=True)  # stale: the process is gone
 
@@ -461,18 +472,18 @@ def _start_locked(settings: Settings, timeout_s: float) -> BrokerStatus:
 
     for folder in (kafka_dir(settings), _data_dir(settings), _logs_dir(settings)):
         folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(_properties_path(settings), server_properties(settings))
+    write_atomically(_properties_path(settings), server_properties(settings))
     if not _is_formatted(settings):
         _format_storage(settings, java, lib)
 
     process = _spawn_broker(settings, java, lib)
-    _write_atomically(_pid_path(settings), f"{process.pid}\n")
+    write_atomically(_pid_path(settings), f"{process.pid}\n")
     try:
         wait_until_ready(bootstrap, timeout_s, still_starting=lambda: process.poll() is None)
     except BrokerError as error:
         exit_code = process.poll()
         if exit_code is None:
-            _terminate(process.pid, BROKER_STOP_TIMEOUT_S)
+            terminate(process.pid, BROKER_STOP_TIMEOUT_S)
         _pid_path(settings).unlink(missing_ok=True)
         raise BrokerError(f"{error}.\n{_failure_details(settings)}") from None
     return _started_status(settings, process.pid, already_running=False, started=started)
@@ -480,7 +491,7 @@ def _start_locked(settings: Settings, timeout_s: float) -> BrokerStatus:
 
 def _spawn_broker(settings: Settings, java: str, lib: Path) -> subprocess.Popen[bytes]:
     command = [
-        *_java_command(java, lib, BROKER_JVM_OPTIONS, _logs_dir(settings)),
+        *java_command(java, lib, BROKER_JVM_OPTIONS, _logs_dir(settings)),
         "kafka.Kafka",
         str(_properties_path(settings)),
     ]
@@ -516,13 +527,13 @@ def _started_status(settings: Settings, pid: int, *, already_running: bool, star
 def _failure_details(settings: Settings) -> str:
     parts = []
     for path in (_stdout_path(settings), server_log_path(settings)):
-        tail = _tail(path, LOG_TAIL_LINES)
+        tail = tail_of_file(path, LOG_TAIL_LINES)
         if tail:
             parts.append(f"--- last lines of {path} ---\n{tail}")
     return "\n".join(parts) or f"(no broker output in {kafka_dir(settings)})"
 
 
-def _tail(path: Path, lines: int) -> str:
+def tail_of_file(path: Path, lines: int) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -536,12 +547,12 @@ def stop(settings: Settings, timeout_s: float = BROKER_STOP_TIMEOUT_S) -> bool:
     if pid is None:
         _pid_path(settings).unlink(missing_ok=True)
         return False
-    _terminate(pid, timeout_s)
+    terminate(pid, timeout_s)
     _pid_path(settings).unlink(missing_ok=True)
     return True
 
 
-def _terminate(pid: int, timeout_s: float) -> None:
+def terminate(pid: int, timeout_s: float) -> None:
     """SIGTERM (the broker shuts down cleanly), then SIGKILL if it is still there after timeout_s."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -554,7 +565,7 @@ def _terminate(pid: int, timeout_s: float) -> None:
 
 def _wait_for_exit(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(STOP_POLL_INTERVAL_S)

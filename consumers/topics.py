@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 from kafka import KafkaAdminClient
-from kafka.errors import NoError, TopicAlreadyExistsError, for_code
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    NoError,
+    RequestTimedOutError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from arledger.settings import ALL_TOPICS, TOPIC_LEDGER, Settings
 
@@ -25,16 +34,53 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
+class _ConnectionErrors(logging.Handler):
+    """Keeps the exceptions kafka-python logs while connecting (it raises only 'Unable to bootstrap')."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors.extend(arg for arg in args if isinstance(arg, BaseException))
+
+
 @contextlib.contextmanager
 def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
-    """A KafkaAdminClient on `settings.kafka_bootstrap`, closed on exit."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=settings.client_id("topics"),
-        **settings.kafka_security(),
-        request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS,
-        bootstrap_timeout_ms=ADMIN_BOOTSTRAP_TIMEOUT_MS,
-    )
+    """A KafkaAdminClient on `settings.kafka_bootstrap`, closed on exit.
+
+    When the cluster cannot be reached, the error names the last connection
+    failure: a refused login or a TLS handshake error says so, instead of a bare timeout.
+    """
+    kafka_logger = logging.getLogger("kafka")
+    connection_errors = _ConnectionErrors()
+    kafka_logger.addHandler(connection_errors)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=settings.client_id("topics"),
+            **settings.kafka_security(),
+            request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MS,
+            bootstrap_timeout_ms=ADMIN_BOOTSTRAP_TIMEOUT_MS,
+        )
+    except KafkaError as error:
+        # A refused login shows among many "socket disconnected" (the broker closes after refusing);
+        # timeouts only say that the deadline came.
+        errors = [e for e in connection_errors.errors if not isinstance(e, (KafkaTimeoutError, RequestTimedOutError))]
+        refused = [e for e in errors if isinstance(e, SaslAuthenticationFailedError)]
+        if refused:
+            raise SaslAuthenticationFailedError(f"{error}: {refused[-1]}") from error
+        if settings.security_protocol.startswith("SASL") and errors and all("disconnected" in str(e) for e in errors):
+            # kafka-python drops the broker's refusal when the close arrives in the same read.
+            raise type(error)(f"{error}; the brokers closed every connection during the SASL login: "
+                              "authentication refused? Check ARLEDGER_KAFKA_SASL_USERNAME, "
+                              "ARLEDGER_KAFKA_SASL_PASSWORD and ARLEDGER_KAFKA_SASL_MECHANISM") from error
+        if errors:
+            raise type(error)(f"{error}; last connection error: {errors[-1]}") from error
+        raise
+    finally:
+        kafka_logger.removeHandler(connection_errors)
     try:
         yield admin
     finally:
