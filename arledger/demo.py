@@ -136,17 +136,17 @@ def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
 # -- Before the run: a home of our own --------------------------------------------------------
 
 
-def prepare_home(settings: Settings, reset: bool, say: Callable[[str], None]) -> None:
-    """Refuse to mix the demo into a ledger it did not make; wipe an earlier demo's (or any with --reset)."""
+def home_needs_reset(settings: Settings, reset: bool) -> bool:
+    """True when the home holds an earlier demo (or, with --reset, any ledger) to wipe; raises DemoError when
+    it holds a ledger the demo did not make, or one it must not touch. Needs no broker: checked first."""
     from consumers.rebuild import projector_running
 
-    settings.home.mkdir(parents=True, exist_ok=True)
     marker = settings.home / MARKER_NAME
     store_file = _sqlite_store_file(settings)
     has_state = (settings.projection_path.exists() or settings.snapshot_path.exists()
                  or (store_file is not None and store_file.exists()))
     if not has_state and not marker.exists():
-        return
+        return False
     if not marker.exists() and not reset:
         raise DemoError(f"{settings.home} already holds a ledger that the demo did not make. Use another "
                         "ARLEDGER_HOME (e.g. ARLEDGER_HOME=/tmp/arledger-demo), or 'arledger demo --reset' to "
@@ -156,12 +156,19 @@ def prepare_home(settings: Settings, reset: bool, say: Callable[[str], None]) ->
     if store_file is None:
         raise DemoError(f"the event store is {settings.store_url}, not a file in {settings.home}: the demo will "
                         "not wipe it; unset ARLEDGER_STORE or use another ARLEDGER_HOME")
+    return True
+
+
+def reset_home(settings: Settings, say: Callable[[str], None]) -> None:
+    """Delete the earlier run: its topics and ingest group (the broker must answer), event store, read models."""
+    store_file = _sqlite_store_file(settings)
+    assert store_file is not None, "home_needs_reset refuses other stores"
     say(f"resetting {settings.home}: deleting the earlier demo's ledger, read models and topics")
     _delete_topics(settings)
     for path in (store_file, *store_file.parent.glob(store_file.name + "-*"),
                  *settings.home.glob("projections*.duckdb*"), *settings.home.glob("snapshot.duckdb*")):
         path.unlink(missing_ok=True)
-    marker.unlink(missing_ok=True)
+    (settings.home / MARKER_NAME).unlink(missing_ok=True)
 
 
 def _sqlite_store_file(settings: Settings) -> Path | None:
@@ -185,7 +192,7 @@ def _delete_topics(settings: Settings) -> None:
         if existing:
             admin.delete_topics(sorted(existing))
         with contextlib.suppress(KafkaError):
-            admin.delete_consumer_groups([settings.topic(INGEST_GROUP_ID)])
+            admin.delete_groups([settings.topic(INGEST_GROUP_ID)])
         deadline = time.monotonic() + 60
         while wanted & set(admin.list_topics()):
             if time.monotonic() > deadline:
@@ -203,11 +210,14 @@ def run(settings: Settings, options: DemoOptions, console: Console, progress_con
     as_of = dt.datetime.now(dt.UTC).date()
     result = DemoResult(as_of=as_of)
     started = time.monotonic()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    needs_reset = home_needs_reset(settings, options.reset)
     with local_broker(settings, say):
         from consumers import publisher
         from consumers.topics import ensure_topics
 
-        prepare_home(settings, options.reset, say)
+        if needs_reset:
+            reset_home(settings, say)
         ensure_topics(settings)
         result.seconds["start"] = time.monotonic() - started
         phase = time.monotonic()
@@ -471,8 +481,8 @@ class DemoReport:
             rows = None
             reason = "not available" if isinstance(error, ImportError) else f"failed ({type(error).__name__}: {error})"
         if rows is not None:
-            shown = [{column: row[column] for column in WORKLIST_COLUMNS if column in row}
-                     for row in rows[:TOP_ROWS * 2]]
+            shown = [{column: _installment(row) if column == "invoice_id" else row[column]
+                      for column in WORKLIST_COLUMNS if column in row} for row in rows[:TOP_ROWS * 2]]
             self.print_table(title + f": {len(rows):,} items due for an action", shown, {"open_amount"})
             self.note("Next step from the dunning ladder (deploy/arledger.toml); broken promises first, then by "
                       "open amount. 'arledger worklist' lists them all.")
@@ -505,8 +515,9 @@ class DemoReport:
             return {}
         months: dict[dt.date, dict[str, Any]] = {}
         for end in month_ends(self.start, self.as_of):
-            first = max(end.replace(day=1), self.start)
-            months[end] = kpis(self.connection, first, end)["overall"]
+            if end.replace(day=1) < self.start:
+                continue  # the history starts mid-month: a few days' DSO would mislead
+            months[end] = kpis(self.connection, end.replace(day=1), end)["overall"]
         last_full = [end for end in months if end.day == calendar.monthrange(end.year, end.month)[1]
                      and end < self.as_of]
         if last_full:
@@ -555,7 +566,7 @@ class DemoReport:
         images = [("Aging by bucket over the months", charts.aging_over_time(ends, by_currency, buckets),
                    directory / "aging-by-month.png")]
         if kpi_months:
-            series = {name: [kpi_months[end].get(main_currency, {}).get(name) for end in ends]
+            series = {name: [kpi_months.get(end, {}).get(main_currency, {}).get(name) for end in ends]
                       for name in ("dso", "countback_dso", "best_possible_dso", "cei", "collection_rate")}
             images.append(("DSO and CEI per month", charts.kpi_trend(ends, series, main_currency),
                            directory / "dso-cei-trend.png"))
@@ -587,6 +598,12 @@ def _exposure_row(row: dict[str, Any]) -> dict[str, Any]:
             "grade": row.get("grade") or "", "exposure": row["exposure"], "credit_limit": row["credit_limit"],
             "available": row["available"], "utilisation": None if utilisation is None else f"{utilisation:.0%}",
             "overdue": row.get("overdue", 0), "on_hold": "hold" if row.get("on_hold") else ""}
+
+
+def _installment(row: dict[str, Any]) -> str:
+    """'INV-1' for a sale in one piece, 'INV-1 (2)' for its second installment."""
+    installment = row.get("installment") or 1
+    return row["invoice_id"] if installment == 1 else f"{row['invoice_id']} ({installment})"
 
 
 def _kpi_row(figures: dict[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,33 @@ def test_the_demo_tells_where_the_tables_are_and_how_to_query_them(demo_run) -> 
     assert (home / "snapshot.duckdb").exists()
 
 
+@pytest.mark.slow
+def test_a_second_demo_in_the_same_home_starts_over(demo_run) -> None:
+    first, home, port = demo_run
+    try:
+        again = subprocess.run([sys.executable, "-m", "arledger.cli", "demo", "--customers", "25", "--months", "3"],
+                               env=demo_env(home, port), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+    finally:
+        broker.stop(Settings(home=home, broker_port=port, kafka_bootstrap=f"127.0.0.1:{port}",
+                             store_url=f"sqlite:///{home / 'ledger.sqlite'}"))
+
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resetting" in again.stderr
+    outcomes = re.compile(r"accepted [\d,]+, rejected [\d,]+, duplicate [\d,]+")
+    assert outcomes.search(again.stdout).group(0) == outcomes.search(first.stdout).group(0)  # nothing left over
+
+
+def test_the_demo_refuses_a_ledger_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite").write_bytes(b"")  # someone's ledger, no demo.json beside it
+
+    result = subprocess.run([sys.executable, "-m", "arledger.cli", "demo"], env=demo_env(tmp_path, free_port_pair()),
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1
+    assert "did not make" in result.stderr and "--reset" in result.stderr
+    assert not (tmp_path / "kafka").exists()  # refused before any broker was started
+
+
 def test_the_history_ends_today_or_a_few_days_before_never_after() -> None:
     for today in (dt.date(2026, 3, 31), dt.date(2026, 3, 30), dt.date(2026, 2, 28), dt.date(2024, 2, 29),
                   dt.date(2026, 11, 25), dt.date(2026, 12, 31)):
