@@ -120,8 +120,8 @@ def _report_rebuild(result, fmt: str, settings: Settings) -> int:
     else:
         stats = result.stats
         source = "the event store" if result.source == "store" else "ar.ledger"
-        print(f"Rebuilt {stats.records:,} events from {source} in {stats.duration_s:.2f} s "
-              f"({stats.events_per_s:,.0f} events/s); caught up {result.catch_up.records:,} more from ar.ledger.")
+        print(f"Rebuilt {stats.records:,} events from {source} in {result.seconds:.2f} s "
+              f"({result.events_per_s:,.0f} events/s); caught up {result.catch_up.records:,} more from ar.ledger.")
         print(f"The new file holds {result.events:,} events (last position {result.max_position}); "
               f"offsets {dict(sorted(result.offsets.items()))}.")
         print(f"Swap: {outcome}.")

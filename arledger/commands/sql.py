@@ -187,8 +187,14 @@ class ReadModel:
 
 
 def run(args: argparse.Namespace) -> int:
+    import duckdb
+
     settings = Settings.from_env()
-    model = ReadModel(settings)
+    try:
+        model = ReadModel(settings)
+    except duckdb.Error as error:  # e.g. a projector that has not published its first snapshot yet holds the file
+        print(f"arledger sql: cannot open the read model under {settings.home}: {error}", file=sys.stderr)
+        return 2
     if args.query is not None:
         query = sys.stdin.read() if args.query == "-" else args.query
         return _run_one(model, query, args.format)
