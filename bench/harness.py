@@ -166,11 +166,14 @@ def main(args: argparse.Namespace) -> int:
     home = settings.home / "bench" / run_id
     started = time.monotonic()
     try:
-        with broker_for(settings):
-            try:
-                measure(run, settings, home, prefix, say, profile=not args.no_profile)
-            finally:
-                delete_topics(settings, prefix)
+        if only and only <= {"aging"}:  # aging works on DuckDB files alone: no broker needed
+            measure(run, settings, home, prefix, say, profile=not args.no_profile)
+        else:
+            with broker_for(settings):
+                try:
+                    measure(run, settings, home, prefix, say, profile=not args.no_profile)
+                finally:
+                    delete_topics(settings, prefix)
     finally:
         shutil.rmtree(home, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -223,8 +226,9 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
                      "partitions": settings.partitions})
     from consumers.topics import ensure_topics
 
-    ensure_topics(main)
     needs_ledger = any(run.wanted(group) for group in ("ingest", "relay", "project", "rebuild"))
+    if needs_ledger or run.wanted("latency"):
+        ensure_topics(main)
     ledger = Ledger(main.store_url) if needs_ledger else None
     ledger_values: list[bytes] = []
     try:
@@ -397,6 +401,11 @@ def notes(results: dict[str, Any]) -> list[str]:
                          f"{e2e.get('settle_after_last_send_s')} s to clear after the last send. The workers run "
                          "ingest, relay and projector in turn in one thread.")
         elif name == "aging_1m":
-            found.append(f"{target['what']}: {target['shortfall']}. The as-of aging sums every item's movements "
-                         "(≈ 1.3 rows per item) and joins the items on 2 cores; it is a full scan, not an index look-up.")
+            current = ((stages_.get("aging") or {}).get("1000000") or {}).get("current_state_ms_median")
+            found.append(f"{target['what']}: {target['shortfall']}. The as-of (bitemporal) aging groups every "
+                         "item movement (≈ 1.3 per item) by (customer, invoice, installment) and joins the items: "
+                         "hashing 1.3 M string keys on 2 cores is the cost. "
+                         + (f"The same buckets from the items' current open amounts take {current:,.1f} ms here, so "
+                            "an as-of-today fast path (no known-at, nothing recorded later) would be the way to "
+                            "the target." if current is not None else ""))
     return found
