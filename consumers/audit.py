@@ -69,11 +69,10 @@ ROWS_SHOWN_MAX = 3
 TOPIC_POLL_TIMEOUT_MS = 1_000
 TOPIC_READ_TIMEOUT_S = 600.0
 TOPIC_POLL_RECORDS_MAX = 10_000
-# eventsourcing stamps its own `timestamp` (outside both hash chains) microseconds after the ledger
-# stamps `recorded_at`, in the same process and from the same clock; a loaded machine may add a
-# database read between the two. A value outside this window has been edited.
-TIMESTAMP_BEFORE_RECORDED_S_MAX = 1.0
-TIMESTAMP_AFTER_RECORDED_S_MAX = 30.0
+# The ledger gives eventsourcing's own `timestamp` (outside both hash chains) the value of
+# `recorded_at` itself, so any difference means an edit.
+TIMESTAMP_BEFORE_RECORDED_S_MAX = 0.0
+TIMESTAMP_AFTER_RECORDED_S_MAX = 0.0
 
 RECEIPT_TOPIC = get_topic(EnvelopeReceipt.Accepted)
 CHAIN_TOPICS = {get_topic(cls) for cls in (LedgerChain.Started, LedgerChain.Extended, LedgerChain.Published)}

@@ -8,6 +8,7 @@ and the customer hash chain (DESIGN §4).
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -24,6 +25,11 @@ from ledger.upcasting import upcast
 
 # Fixed namespace: aggregate ids are derived from business keys, so any process finds them.
 ARLEDGER_NAMESPACE = uuid.UUID("9f0c5d0e-3b7a-5c1e-9a43-6a2f0b7c1d2e")
+
+
+def parse_instant(recorded_at: str) -> dt.datetime:
+    """The datetime of a recorded_at text (UTC, microseconds, Z)."""
+    return dt.datetime.strptime(recorded_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
 
 
 def account_id(customer_id: str) -> uuid.UUID:
@@ -80,14 +86,16 @@ class CustomerAccount(Aggregate):
         kind, data = event.__struct_config__.tag, event_to_data(event)
         body = customer_hash_body(kind=kind, customer_id=envelope.customer_id, envelope_id=envelope.id, version=1,
                                   recorded_at=recorded_at, schema_version=SCHEMA_VERSION, data=data)
-        account = cls(customer_id=envelope.customer_id, kind=kind, data=data, envelope_id=envelope.id,
+        # _create (not cls(...)) so that the store's own timestamp can be given: it equals recorded_at.
+        account = cls._create(cls.Opened, customer_id=envelope.customer_id, kind=kind, data=data, envelope_id=envelope.id,
                       recorded_at=recorded_at, schema_version=SCHEMA_VERSION, prev_hash=GENESIS_HASH,
-                      hash=chain_hash(GENESIS_HASH, body))
+                      hash=chain_hash(GENESIS_HASH, body), timestamp=parse_instant(recorded_at))
         return account, registered
 
     def handle(self, envelope: c.Envelope, recorded_at: str, policy: CreditPolicy) -> list[DomainEvent]:
         """Apply one accepted fact; returns the domain events it produced (raises a Rejection first)."""
         emitted: list[DomainEvent] = []
+        stamp = parse_instant(recorded_at)  # the store's own timestamp = recorded_at, exactly
 
         def emit(event: DomainEvent) -> None:
             kind, data = event.__struct_config__.tag, event_to_data(event)
@@ -97,7 +105,7 @@ class CustomerAccount(Aggregate):
             self._just_emitted = event  # folded as is by apply(), saving a decode
             self.trigger_event(self.Recorded, customer_id=self.state.customer_id, kind=kind, data=data, envelope_id=envelope.id,
                                recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
-                               prev_hash=self.last_hash, hash=chain_hash(self.last_hash, body))
+                               prev_hash=self.last_hash, hash=chain_hash(self.last_hash, body), timestamp=stamp)
             emitted.append(event)
 
         self.state.handle(envelope, emit, policy)
