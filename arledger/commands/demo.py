@@ -49,9 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from kafka.errors import KafkaError
+
     from arledger import demo
     from arledger.settings import Settings
     from consumers.broker import BrokerError
+    from consumers.publisher import WaitTimeout
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     progress_console = Console(stderr=True)
@@ -59,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
                                timeout_s=args.timeout)
     try:
         result = demo.run(Settings.from_env(), options, console, progress_console)
-    except (demo.DemoError, BrokerError) as error:
+    except (demo.DemoError, BrokerError, WaitTimeout) as error:
         print(f"arledger demo: {error}", file=sys.stderr)
+        return 1
+    except KafkaError as error:
+        print(f"arledger demo: Kafka error: {error!r} (is the cluster at ARLEDGER_KAFKA reachable?)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("arledger demo: interrupted (everything it started is stopped)", file=sys.stderr)
