@@ -3,12 +3,16 @@
 Three nodes by default, each a combined broker and controller with its own
 node id, ports and folder under `home`:
 
-    home/cluster.id               the cluster id every node was formatted with
-    home/node-N/server.properties
-    home/node-N/data/             log.dirs (KRaft metadata and topic logs)
-    home/node-N/logs/server.log   the broker's log4j output
-    home/node-N/node.out          JVM stdout and stderr
-    home/node-N/node.pid
+    home/cluster.id                     the cluster id every node was formatted with
+    home/node-N/kafka/server.properties
+    home/node-N/kafka/data/             log.dirs (KRaft metadata and topic logs)
+    home/node-N/kafka/logs/server.log   the broker's log4j output
+    home/node-N/kafka/broker.out        JVM stdout and stderr
+    home/node-N/kafka/broker.pid
+
+(each node's folder is laid out as the single broker's `home/kafka`, so
+`.ci/run`'s safety net, which stops every `*/kafka/broker.pid` left running,
+covers the cluster too).
 
 Ports from `base_port`: node N (1-based) listens on base + 3(N-1) (PLAINTEXT:
 between brokers and for local probes), base + 3(N-1) + 1 (CONTROLLER) and, with
@@ -175,11 +179,11 @@ class Node:
 
     @property
     def pid_path(self) -> Path:
-        return self.folder / "node.pid"
+        return self.folder / "broker.pid"
 
     @property
     def stdout_path(self) -> Path:
-        return self.folder / "node.out"
+        return self.folder / "broker.out"
 
 
 class LocalCluster:
@@ -199,7 +203,7 @@ class LocalCluster:
             Node(node_id=n, port=base_port + PORTS_PER_NODE * (n - 1),
                  controller_port=base_port + PORTS_PER_NODE * (n - 1) + 1,
                  secure_port=base_port + PORTS_PER_NODE * (n - 1) + 2 if security else None,
-                 folder=home / f"node-{n}")
+                 folder=home / f"node-{n}" / "kafka")
             for n in range(1, node_count + 1)
         ]
 
