@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "arledger.commands.schema",
     "arledger.commands.status",
     "arledger.commands.generate",
+    "arledger.commands.credit",
     "arledger.commands.audit",
     "arledger.commands.rebuild",
     "arledger.commands.sql",

@@ -1,4 +1,4 @@
-"""Runs the workers — ingest, relay, project — in one process, or any one alone (`arledger run WORKER`).
+"""Runs the workers — ingest, relay, project, alerts — in one process, or any one alone (`arledger run WORKER`).
 
 One thread, round robin: each worker does one bounded step in turn. When a
 step found work, the next poll does not wait, so a record flows from
@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from arledger.settings import POLL_TIMEOUT_MS, Settings
+from consumers.alerts import AlertsWorker, load_config
 from consumers.ingest import IngestWorker
 from consumers.project import Projector
 from consumers.relay import Relay
@@ -23,7 +24,7 @@ from consumers.topics import ensure_topics
 from ledger.account import CreditPolicy
 from ledger.application import Ledger
 
-WORKERS = ("ingest", "relay", "project")
+WORKERS = ("ingest", "relay", "project", "alerts")  # alerts uses the projector's DuckDB file: same process
 IDLE_SLEEP_S = 0.05  # the relay has no blocking poll: it sleeps this long when idle
 log = structlog.get_logger("arledger.run")
 
@@ -39,6 +40,9 @@ class Runner:
         self.ingest = IngestWorker(settings, Ledger(settings.store_url, policy=policy)) if "ingest" in workers else None
         self.relay = Relay(settings, Ledger(settings.store_url, policy=policy)) if "relay" in workers else None
         self.projector = Projector(settings) if "project" in workers else None
+        if "alerts" in workers and self.projector is None:
+            raise SystemExit("arledger run: the alerts worker reads the projector's file: run it with 'project'")
+        self.alerts = AlertsWorker(settings, self.projector, load_config()) if "alerts" in workers else None
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -52,13 +56,15 @@ class Runner:
             done += self.relay.run_once()
         if self.projector:
             done += self.projector.run_once(0 if done else timeout_ms)
+        if self.alerts:
+            done += self.alerts.run_once(pipeline_idle=done == 0)
         return done
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info("workers_started", ingest=bool(self.ingest), relay=bool(self.relay), project=bool(self.projector),
-                 kafka=self.settings.kafka_bootstrap, home=str(self.settings.home))
+                 alerts=bool(self.alerts), kafka=self.settings.kafka_bootstrap, home=str(self.settings.home))
         idle_timeout_ms = POLL_TIMEOUT_MS
         try:
             while not self.stopping and not (until and until()):
@@ -70,7 +76,7 @@ class Runner:
             self.close()
 
     def close(self) -> None:
-        for worker in (self.ingest, self.relay, self.projector):
+        for worker in (self.ingest, self.relay, self.alerts, self.projector):
             if worker is not None:
                 worker.close()
         log.info("workers_stopped")
