@@ -27,11 +27,26 @@ from projections.fold import apply_batch, stored_offsets
 log = structlog.get_logger("arledger.project")
 
 
-def publish_snapshot(connection, source: Path, target: Path) -> None:
-    """Copy a consistent image of `source` to `target` atomically (readers see old or new, never half)."""
+SNAPSHOT_COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def publish_snapshot(connection, source: Path, target: Path, source_fd: int | None = None) -> None:
+    """Copy a consistent image of `source` to `target` atomically (readers see old or new, never half).
+
+    A writer passes `source_fd`, a descriptor it keeps open for as long as its connection: closing any
+    descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included, so the
+    copy must not open and close the live file (shutil.copyfile would).
+    """
     connection.execute("CHECKPOINT")
     partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
+    if source_fd is None:
+        shutil.copyfile(source, partial)
+    else:
+        with open(partial, "wb") as out:
+            offset = 0
+            while chunk := os.pread(source_fd, SNAPSHOT_COPY_CHUNK_BYTES, offset):
+                out.write(chunk)
+                offset += len(chunk)
     os.replace(partial, target)
 
 
@@ -53,6 +68,7 @@ class Projector:
             self._presence = announce_projector(self.path)
             adopted = adopt_rebuilt(self.path)
             self.connection = schema.connect(str(self.path))
+            self._source_fd = os.open(self.path, os.O_RDONLY)  # for snapshots; closed after the connection
         schema.create_schema(self.connection)
         if adopted:
             log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
@@ -90,8 +106,10 @@ class Projector:
             floor = stored_offsets(self.connection, self.topic)
             self.connection.execute("CHECKPOINT")
             self.connection.close()
+            os.close(self._source_fd)
             adopt_rebuilt(self.path)
             self.connection = schema.connect(str(self.path))
+            self._source_fd = os.open(self.path, os.O_RDONLY)
         schema.create_schema(self.connection)
         self._seek_to_stored_offsets()
         self._snapshot_floor = floor
@@ -128,7 +146,7 @@ class Projector:
             if any(applied.get(partition, 0) < offset for partition, offset in self._snapshot_floor.items()):
                 return False  # readers never see the read model go back in time
             self._snapshot_floor = None
-        publish_snapshot(self.connection, self.path, self.snapshot_path)
+        publish_snapshot(self.connection, self.path, self.snapshot_path, self._source_fd)
         self._dirty = False
         self._last_snapshot = now
         return True
@@ -137,4 +155,5 @@ class Projector:
         self.maybe_publish_snapshot(force=True)
         self.consumer.close()
         self.connection.close()
+        os.close(self._source_fd)
         self._presence.close()
