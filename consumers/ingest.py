@@ -36,7 +36,7 @@ from consumers import clients
 from consumers.faults import crash_point
 from consumers.retry import with_retries
 from ledger import events as e
-from ledger.application import InboundRecord, Ledger, Outcome
+from ledger.application import InboundRecord, Ledger, Outcome, PoisonRecord
 
 INGEST_GROUP_ID = "arledger-ingest"
 DECISION_TYPES = ("order.placed", "order.released")
@@ -95,8 +95,7 @@ class IngestWorker:
         started = time.perf_counter()
         inbound = [InboundRecord(record.value or b"", record.key,
                                  origin_of(record.topic, record.partition, record.offset)) for record in records]
-        outcomes = with_retries(lambda: self.ledger.process_batch(inbound), "ledger save",
-                                on_failure=self.ledger.forget_cache)
+        outcomes = self._apply_isolating_poison(inbound)
         crash_point("ingest.after_store_commit")
         counts = self._publish_effects(records, outcomes)
         crash_point("ingest.after_reject_publish")
@@ -109,6 +108,24 @@ class IngestWorker:
                  offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()},
                  duration_ms=round((time.perf_counter() - started) * 1000, 1), **counts)
         return len(records)
+
+    def _apply_isolating_poison(self, inbound: list[InboundRecord]) -> list[Outcome]:
+        """process_batch with retries; a record that makes the ledger's code fail is set aside as
+        `internal_error` and the rest of the batch applied without it (a poison record never stalls)."""
+        set_aside: dict[int, Outcome] = {}
+        while True:
+            kept = [index for index in range(len(inbound)) if index not in set_aside]
+            try:
+                outcomes = with_retries(lambda: self.ledger.process_batch([inbound[i] for i in kept]),
+                                        "ledger save", on_failure=self.ledger.forget_cache, fatal=(PoisonRecord,))
+            except PoisonRecord as poison:
+                index = kept[poison.index]
+                log.error("poison_record", worker="ingest", origin=inbound[index].origin, error=repr(poison.error))
+                set_aside[index] = Outcome(status="rejected", reason="internal_error",
+                                           message=f"the ledger failed on this record: {poison.error!r}")
+                continue
+            merged = dict(zip(kept, outcomes)) | set_aside
+            return [merged[index] for index in range(len(inbound))]
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """Commit the batch's offsets; False when the group no longer gives us these partitions.

@@ -17,14 +17,16 @@ log = structlog.get_logger("arledger.retry")
 
 
 def with_retries(operation: Callable[[], T], what: str, *, attempts_max: int = RETRY_ATTEMPTS_MAX,
-                 on_failure: Callable[[], None] | None = None) -> T:
-    """Run `operation`; on an exception wait and try again, up to `attempts_max` times, then re-raise."""
+                 on_failure: Callable[[], None] | None = None,
+                 fatal: tuple[type[BaseException], ...] = ()) -> T:
+    """Run `operation`; on an exception wait and try again, up to `attempts_max` times, then re-raise.
+    Exceptions in `fatal` (and assertions) are not transient: they propagate at once."""
     backoff_s = RETRY_BACKOFF_S_INITIAL
     for attempt in range(1, attempts_max + 1):
         try:
             return operation()
-        except AssertionError:
-            raise  # a programmer error is not transient
+        except (AssertionError, *fatal):
+            raise  # a programmer error or a deterministic failure: retrying changes nothing
         except Exception as error:  # noqa: BLE001 - every other failure here is treated as transient
             if on_failure is not None:
                 on_failure()

@@ -21,7 +21,7 @@ import msgspec
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import JSONTranscoder, PersistenceError
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import contract as c
@@ -53,6 +53,23 @@ class _IdProbe(msgspec.Struct):
 
 
 _id_probe = msgspec.json.Decoder(_IdProbe)
+
+
+class PoisonRecord(Exception):
+    """Record `index` of a batch made the ledger's own code fail — a bug, not a broken rule. Nothing
+    of the batch was saved; the caller sets the record aside (rejected as `internal_error`, to be
+    re-driven after a fix) and processes the rest, so one record never stalls its partition."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"record {index} of the batch failed: {error!r}")
+        self.index = index
+        self.error = error
+
+
+class _RecordFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 class InboundRecord(msgspec.Struct, frozen=True):
@@ -142,7 +159,14 @@ class Ledger(Application):
         self._stored_receipt_ids = self._prefetch_receipt_ids(records)
         self._batch_events = []
         try:
-            outcomes = [self._process_one(record, touched, new_receipts) for record in records]
+            outcomes = []
+            for index, record in enumerate(records):
+                try:
+                    outcomes.append(self._process_one(record, touched, new_receipts))
+                except _RecordFailed as failed:
+                    for customer_id in touched:  # their in-memory state holds unsaved events: reload later
+                        self._accounts.pop(customer_id, None)
+                    raise PoisonRecord(index, failed.error) from failed.error
         finally:
             self._stored_receipt_ids = None
         try:
@@ -196,6 +220,10 @@ class Ledger(Application):
             return Outcome(status="rejected", reason=rejection.code, message=rejection.message,
                            envelope_id=raw.id if raw else None, customer_id=raw.customer_id if raw else None,
                            type=raw.type if raw else None)
+        except (PersistenceError, OSError):
+            raise  # the store is unavailable: transient, the caller retries the batch
+        except Exception as error:  # noqa: BLE001 - the ledger's own code failed on this record
+            raise _RecordFailed(error) from error
 
     def _duplicate(self, raw: c.RawEnvelope, origin: str | None, digest: str, original: Outcome,
                    original_origin: str | None) -> Outcome:
