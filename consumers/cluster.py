@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arledger.settings import BROKER_STOP_TIMEOUT_S, Settings
+from arledger.settings import BROKER_STOP_TIMEOUT_S
 from consumers.broker import (
     READY_POLL_INTERVAL_S,
     READY_PROBE_TIMEOUT_MS,
@@ -450,17 +450,6 @@ class LocalCluster:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def cluster_settings(cluster: LocalCluster, home: Path, **overrides: object) -> Settings:
-    """Settings of an arledger home on the cluster's PLAINTEXT listener (RF 3, min ISR 2 with three nodes)."""
-    count = len(cluster.nodes)
-    values: dict[str, object] = dict(
-        home=home, broker_port=cluster.nodes[0].port, kafka_bootstrap=cluster.bootstrap,
-        store_url=f"sqlite:///{home / 'ledger.sqlite'}", replication_factor=min(3, count),
-        min_insync_replicas=min(2, count), partitions=cluster.partitions)
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 # -- Command line (python -m consumers.cluster) ---------------------------------------------------
