@@ -179,7 +179,7 @@ def _paced(rate_per_s: float, duration_s: float, emit: Callable[[int], None], st
 def measure_decision_latency(settings: Settings, *, orders_per_s: float = 200.0,
                              background_events_per_s: float = 2_000.0, duration_s: float = 20.0,
                              warmup_s: float = 3.0, start_workers: bool = True, customers: int = BENCH_CUSTOMERS,
-                             business_date: str = "2026-01-15") -> dict[str, Any]:
+                             business_date: str = "2026-01-15", worker_log_level: str = "warning") -> dict[str, Any]:
     """Decision latency (order.placed produced → its decision consumed) under a background of other events.
 
     With `start_workers`, runs `arledger run ingest` and `arledger run relay project` as two processes on
@@ -197,7 +197,7 @@ def measure_decision_latency(settings: Settings, *, orders_per_s: float = 200.0,
             env = _env_of(settings)
             for names in (("ingest",), ("relay", "project")):
                 workers.append(subprocess.Popen([sys.executable, "-m", "arledger.cli", "run", *names,
-                                                 "--log-level", "warning"], env=env, stdout=log_file,
+                                                 "--log-level", worker_log_level], env=env, stdout=log_file,
                                                 stderr=subprocess.STDOUT))
         client = CreditClient(settings, client_id="arledger-bench")
         try:

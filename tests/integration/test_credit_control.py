@@ -484,3 +484,18 @@ def test_computed_grade_follows_payment_behaviour(collections_read_model, as_of,
         # Grade C suggests half the limit and 15 days; reported, never applied.
         assert (reported["computed_grade"], reported["suggested_credit_limit"],
                 reported["suggested_payment_terms_days"], reported["credit_limit"]) == ("C", 500_000, 15, 1_000_000)
+
+
+# -- Benchmark hook -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_decision_latency_hook_measures_every_order_under_background_load(kafka_settings: Settings) -> None:
+    from consumers.credit_client import measure_decision_latency
+
+    result = measure_decision_latency(kafka_settings, orders_per_s=20, background_events_per_s=60, duration_s=3,
+                                      warmup_s=0.5, customers=5)
+    assert result["orders_sent"] >= 55 and result["background_sent"] >= 170
+    assert (result["decisions"], result["missing"]) == (result["orders_sent"], 0)
+    assert result["outcomes"] == {"approved": result["orders_sent"]}
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
