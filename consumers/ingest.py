@@ -81,6 +81,7 @@ class IngestWorker:
                  producer: KafkaProducer | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.metrics = None  # a consumers.metrics.Metrics when `run --metrics-port` serves them
         self.topic = settings.topic(TOPIC_INBOUND)
         self.consumer = consumer or clients.group_consumer(
             settings, self.topic, settings.topic(INGEST_GROUP_ID), "arledger-ingest", INGEST_BATCH_RECORDS_MAX)
@@ -104,6 +105,8 @@ class IngestWorker:
             offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
         if not with_retries(lambda: self._commit(offsets), "offset commit"):
             return len(records)
+        if self.metrics:
+            self.metrics.observe_ingest(self.topic, outcomes, time.perf_counter() - started)
         log.info("batch_committed", worker="ingest", topic=self.topic, records=len(records),
                  offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()},
                  duration_ms=round((time.perf_counter() - started) * 1000, 1), **counts)

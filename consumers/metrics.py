@@ -42,6 +42,35 @@ class Metrics:
         self.last_step = time.monotonic()
         self.ready = False
 
+    def observe_ingest(self, topic: str, outcomes: list, seconds: float) -> None:
+        for outcome in outcomes:
+            self.records.labels("ingest", topic, outcome.status).inc()
+            if outcome.status == "rejected":
+                self.rejects.labels(outcome.reason or "unknown").inc()
+        self.batch_seconds.labels("ingest").observe(seconds)
+
+    def observe_relay(self, topic: str, events: int, last_position: int, seconds: float) -> None:
+        self.records.labels("relay", topic, "published").inc(events)
+        self.published.labels(topic).inc(events)
+        self.relay_position.set(last_position)
+        self.chain_head.set(last_position)
+        self.batch_seconds.labels("relay").observe(seconds)
+
+    def observe_project(self, topic: str, applied: int, offsets: dict[tuple[str, int], int], seconds: float) -> None:
+        self.records.labels("project", topic, "applied").inc(applied)
+        for (_, partition), offset in offsets.items():
+            self.projector_offset.labels(str(partition)).set(offset)
+        self.batch_seconds.labels("project").observe(seconds)
+
+    def observe_lag(self, worker: str, consumer: object) -> None:
+        """Consumer lag from the high-water marks the last fetches returned (no extra request)."""
+        for partition in consumer.assignment():  # type: ignore[attr-defined]
+            highwater = consumer.highwater(partition)  # type: ignore[attr-defined]
+            if highwater is not None:
+                position = consumer.position(partition)  # type: ignore[attr-defined]
+                self.consumer_lag.labels(worker, partition.topic, str(partition.partition)).set(
+                    max(highwater - position, 0))
+
     def beat(self) -> None:
         self.last_step = time.monotonic()
 

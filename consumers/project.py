@@ -56,6 +56,7 @@ class Projector:
     def __init__(self, settings: Settings, *, path: Path | None = None, snapshot_path: Path | None = None,
                  consumer: KafkaConsumer | None = None) -> None:
         self.settings = settings
+        self.metrics = None  # a consumers.metrics.Metrics when `run --metrics-port` serves them
         self.topic = settings.topic(TOPIC_LEDGER)
         self.path = path or settings.projection_path
         self.snapshot_path = snapshot_path or settings.snapshot_path
@@ -131,6 +132,8 @@ class Projector:
             result = apply_batch(self.connection, values, offsets, staging_dir=self.staging_dir,
                                  before_commit=lambda: crash_point("project.mid_transaction"))
             self._dirty = True
+            if self.metrics:
+                self.metrics.observe_project(self.topic, result.applied, offsets, result.duration_s)
             log.info("batch_committed", worker="project", topic=self.topic, records=result.records,
                      applied=result.applied, offsets={str(p): o for (_, p), o in offsets.items()},
                      duration_ms=round(result.duration_s * 1000, 1))

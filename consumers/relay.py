@@ -49,6 +49,7 @@ class Relay:
     def __init__(self, settings: Settings, ledger: Ledger, *, producer: KafkaProducer | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.metrics = None  # a consumers.metrics.Metrics when `run --metrics-port` serves them
         self.topic = settings.topic(TOPIC_LEDGER)
         self.producer = producer or clients.producer(settings, "arledger-relay")
         self._chain: LedgerChain | None = None
@@ -84,6 +85,8 @@ class Relay:
         crash_point("relay.after_publish")
         chain.published(records[-1].position)
         self.ledger.save(chain)
+        if self.metrics:
+            self.metrics.observe_relay(self.topic, len(records), records[-1].position, time.perf_counter() - started)
         log.info("batch_committed", worker="relay", topic=self.topic, first_position=records[0].position,
                  last_position=records[-1].position, events=len(records),
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -18,6 +18,7 @@ import structlog
 from arledger.settings import POLL_TIMEOUT_MS, Settings
 from consumers.alerts import AlertsWorker, load_config
 from consumers.ingest import IngestWorker
+from consumers.metrics import Metrics
 from consumers.project import Projector
 from consumers.relay import Relay
 from consumers.topics import ensure_topics
@@ -25,16 +26,19 @@ from ledger.account import CreditPolicy
 from ledger.application import Ledger
 
 WORKERS = ("ingest", "relay", "project", "alerts")  # alerts uses the projector's DuckDB file: same process
+LAG_CHECK_INTERVAL_S = 5.0
 IDLE_SLEEP_S = 0.05  # the relay has no blocking poll: it sleeps this long when idle
 log = structlog.get_logger("arledger.run")
 
 
 class Runner:
-    def __init__(self, settings: Settings, workers: tuple[str, ...] = WORKERS) -> None:
+    def __init__(self, settings: Settings, workers: tuple[str, ...] = WORKERS, *,
+                 metrics: Metrics | None = None) -> None:
         unknown = set(workers) - set(WORKERS)
         assert not unknown, f"unknown workers {unknown}"
         self.settings = settings
         self.stopping = False
+        self.metrics = metrics
         ensure_topics(settings)
         policy = CreditPolicy(overdue_tolerance_days=settings.overdue_tolerance_days)
         self.ingest = IngestWorker(settings, Ledger(settings.store_url, policy=policy)) if "ingest" in workers else None
@@ -43,6 +47,12 @@ class Runner:
         if "alerts" in workers and self.projector is None:
             raise SystemExit("arledger run: the alerts worker reads the projector's file: run it with 'project'")
         self.alerts = AlertsWorker(settings, self.projector, load_config()) if "alerts" in workers else None
+        for worker in (self.ingest, self.relay, self.projector):
+            if worker is not None:
+                worker.metrics = metrics
+        self._lag_checked = 0.0
+        if metrics:
+            metrics.ready = True
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -58,7 +68,19 @@ class Runner:
             done += self.projector.run_once(0 if done else timeout_ms)
         if self.alerts:
             done += self.alerts.run_once(pipeline_idle=done == 0)
+        if self.metrics:
+            self._observe()
         return done
+
+    def _observe(self) -> None:
+        self.metrics.beat()
+        now = time.monotonic()
+        if now - self._lag_checked >= LAG_CHECK_INTERVAL_S:
+            self._lag_checked = now
+            if self.ingest:
+                self.metrics.observe_lag("ingest", self.ingest.consumer)
+            if self.projector:
+                self.metrics.observe_lag("project", self.projector.consumer)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         signal.signal(signal.SIGTERM, self.stop)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import structlog
+
 from arledger import logs
 from arledger.settings import Settings
 
@@ -30,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("workers", nargs="*", metavar="WORKER",
                         help="which workers to run: ingest, relay, project (default: all)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning (default: info)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus /metrics and /health, /ready probes on this port (0: any free port)")
     parser.set_defaults(handler=run)
 
 
@@ -41,5 +45,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"arledger run: unknown worker(s) {', '.join(unknown)}; choose from {', '.join(WORKERS)}")
     logs.configure(args.log_level)
     settings = Settings.from_env()
-    Runner(settings, tuple(args.workers) or WORKERS).run()
+    metrics = None
+    if args.metrics_port is not None:
+        from consumers.metrics import Metrics, serve
+
+        metrics = Metrics()
+        server = serve(metrics, args.metrics_port)
+        structlog.get_logger("arledger.run").info("metrics_serving", port=server.server_port)
+    Runner(settings, tuple(args.workers) or WORKERS, metrics=metrics).run()
     return 0
