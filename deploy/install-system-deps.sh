@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools arledger's build needs, and only those missing:
 #   java (17+) runs the local Kafka broker; mvn fetches its jars (`make jars`);
-#   PostgreSQL's server binaries run the PostgreSQL event-store tests (initdb, pg_ctl).
+#   PostgreSQL's server binaries run the PostgreSQL event-store tests (initdb, pg_ctl);
+#   openssl makes the throwaway certificates of the TLS cluster tests.
 # Debian's default-jre-headless is Java 17 on bookworm and 21 on trixie: both fit.
 # Called by the Makefile before anything that needs them; a no-op when present.
 set -euo pipefail
@@ -10,6 +11,7 @@ packages=()
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)  # throwaway TLS certificates of the cluster tests
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
