@@ -36,6 +36,16 @@ BROKER_START_TIMEOUT_S = 60.0
 BROKER_STOP_TIMEOUT_S = 30.0
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' → (I, N), with 0 <= I < N."""
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise ValueError(f"a shard is I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -63,6 +73,7 @@ class Settings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    shard: tuple[int, int] | None = None  # (index, count): this projector folds partitions p % count == index
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -87,6 +98,7 @@ class Settings:
             ssl_cafile=os.environ.get("ARLEDGER_KAFKA_SSL_CAFILE") or None,
             ssl_certfile=os.environ.get("ARLEDGER_KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=os.environ.get("ARLEDGER_KAFKA_SSL_KEYFILE") or None,
+            shard=parse_shard(os.environ.get("ARLEDGER_SHARD") or None),
         )
 
     def kafka_security(self) -> dict[str, object]:
@@ -117,8 +129,26 @@ class Settings:
 
     @property
     def projection_path(self) -> Path:
-        return self.home / "projections.duckdb"
+        return self.home / f"projections{self._shard_suffix}.duckdb"
 
     @property
     def snapshot_path(self) -> Path:
-        return self.home / "snapshot.duckdb"
+        return self.home / f"snapshot{self._shard_suffix}.duckdb"
+
+    @property
+    def _shard_suffix(self) -> str:
+        return "" if self.shard is None else f"-{self.shard[0]}-of-{self.shard[1]}"
+
+    def snapshot_paths(self) -> list[Path]:
+        """The published snapshots readers union: every shard's, when a complete set of
+        `snapshot-I-of-N.duckdb` exists (the largest N), else the one `snapshot.duckdb`."""
+        by_count: dict[int, set[int]] = {}
+        for path in self.home.glob("snapshot-*-of-*.duckdb"):
+            index, _, count = path.stem.removeprefix("snapshot-").partition("-of-")
+            if index.isdigit() and count.isdigit():
+                by_count.setdefault(int(count), set()).add(int(index))
+        for count in sorted(by_count, reverse=True):
+            if by_count[count] == set(range(count)):
+                return [self.home / f"snapshot-{index}-of-{count}.duckdb" for index in range(count)]
+        single = self.home / "snapshot.duckdb"
+        return [single] if single.exists() else []

@@ -75,7 +75,8 @@ class Projector:
             log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
                      snapshot_held_until=self._snapshot_floor)
         self.consumer = consumer or clients.assigned_consumer(settings, "arledger-project", PROJECT_BATCH_EVENTS_MAX)
-        self.partitions = clients.partitions_of(self.consumer, self.topic)
+        self.partitions = [partition for partition in clients.partitions_of(self.consumer, self.topic)
+                           if settings.shard is None or partition.partition % settings.shard[1] == settings.shard[0]]
         self.consumer.assign(self.partitions)
         self._seek_to_stored_offsets()
         self._dirty = True

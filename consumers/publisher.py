@@ -132,15 +132,15 @@ def _ingest_committed_past(settings: Settings, published: list[Published]) -> Ca
 
 
 def snapshot_offsets(settings: Settings) -> dict[int, int]:
-    """{partition: next_offset} of ar.ledger reflected in the published snapshot (empty if none yet)."""
-    path = settings.snapshot_path
-    if not path.exists():
-        return {}
-    connection = schema.connect(str(path), read_only=True)
-    try:
-        return stored_offsets(connection, settings.topic(TOPIC_LEDGER))
-    finally:
-        connection.close()
+    """{partition: next_offset} of ar.ledger reflected in the published snapshot(s) (empty if none yet)."""
+    offsets: dict[int, int] = {}
+    for path in settings.snapshot_paths():
+        connection = schema.connect(str(path), read_only=True)
+        try:
+            offsets.update(stored_offsets(connection, settings.topic(TOPIC_LEDGER)))
+        finally:
+            connection.close()
+    return offsets
 
 
 def wait_for_outcomes(settings: Settings, published: list[Published], rejected_start: dict[int, int],

@@ -122,6 +122,21 @@ def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     return connection
 
 
+def open_union(paths: list[str]) -> duckdb.DuckDBPyConnection:
+    """One read-only view over several shard files (each holds whole customers): every table is the
+    UNION ALL of the shards' tables, every view is defined again on top of those."""
+    connection = duckdb.connect(":memory:")
+    connection.execute("SET TimeZone = 'UTC'")
+    for index, path in enumerate(paths):
+        connection.execute(f"ATTACH '{path}' AS shard{index} (READ_ONLY)")
+    for name in TABLES:
+        union = " UNION ALL ".join(f"SELECT * FROM shard{index}.main.{name}" for index in range(len(paths)))
+        connection.execute(f"CREATE VIEW {name} AS {union}")
+    for name, (_, query) in VIEWS.items():
+        connection.execute(f"CREATE VIEW {name} AS {query}")
+    return connection
+
+
 def create_schema(connection: duckdb.DuckDBPyConnection) -> None:
     """Create every table and view if missing (idempotent)."""
     for name, (_, columns) in TABLES.items():

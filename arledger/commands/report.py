@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from arledger import output
+from arledger.readmodel import open_read_model  # noqa: F401 - also imported from here by sql, audit
 from arledger.settings import Settings
 from projections import allowance as allowance_report
 from projections import exposure as exposure_report
@@ -43,14 +44,6 @@ examples:
   arledger report rollforward --from 2026-06-01 --to 2026-06-30 --by customer
   arledger report open-items --format parquet --out exports/
 """
-
-
-def open_read_model(settings: Settings):
-    """The published snapshot, read-only (or the projection file itself when no projector ever ran)."""
-    for path in (settings.snapshot_path, settings.projection_path):
-        if Path(path).exists():
-            return schema.connect(str(path), read_only=True)
-    sys.exit(f"arledger: no read model under {settings.home}: run 'arledger run' (or 'arledger demo') first")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

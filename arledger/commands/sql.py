@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from arledger import output
-from arledger.commands.report import open_read_model
+from arledger.readmodel import open_read_model, read_model_paths
 from arledger.settings import TOPIC_LEDGER, Settings
 
 SQL_HELP = """\
@@ -132,11 +132,9 @@ def _table(result: Result) -> str:
 
 
 def read_model_path(settings: Settings) -> Path | None:
-    """The file open_read_model opens: the snapshot, else the projection file (no projector ever ran)."""
-    for path in (settings.snapshot_path, settings.projection_path):
-        if path.exists():
-            return path
-    return None
+    """The (first) file open_read_model opens: the snapshot, else the projection file (no projector ever ran)."""
+    paths = read_model_paths(settings)
+    return paths[0] if paths else None
 
 
 class ReadModel:
@@ -147,18 +145,18 @@ class ReadModel:
         self.refresh = refresh
         self.connection = None
         self.path: Path | None = None
-        self.identity: tuple[int, int] | None = None
+        self.identity: tuple[tuple[int, int], ...] | None = None
         self.reopen()
 
-    def _identity(self) -> tuple[int, int] | None:
-        path = read_model_path(self.settings)
-        if path is None:
+    def _identity(self) -> tuple[tuple[int, int], ...] | None:
+        """Which published files (every shard's) the connection reads; changes when any is replaced."""
+        paths = read_model_paths(self.settings)
+        if not paths:
             return None
         try:
-            stat = path.stat()
+            return tuple((stat.st_ino, stat.st_mtime_ns) for stat in (path.stat() for path in paths))
         except FileNotFoundError:
             return None
-        return stat.st_ino, stat.st_mtime_ns
 
     def reopen(self) -> None:
         if self.connection is not None:
