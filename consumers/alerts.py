@@ -100,7 +100,10 @@ class AlertsWorker:
         self.topic = settings.topic(TOPIC_ALERTS)
         self.producer = producer or clients.producer(settings, "arledger-alerts")
         self.consumer = consumer or clients.assigned_consumer(settings, "arledger-alerts", CATCH_UP_RECORDS_MAX)
-        self.partitions = clients.partitions_of(self.consumer, self.topic)
+        # A projector shard holds whole customers (ar.ledger partitions p % N == I); ar.alerts is keyed by
+        # customer with as many partitions, so the same partition numbers carry that shard's alerts.
+        self.partitions = [partition for partition in clients.partitions_of(self.consumer, self.topic)
+                           if settings.shard is None or partition.partition % settings.shard[1] == settings.shard[0]]
         self.consumer.assign(self.partitions)
         self._connection = None
         self._catch_up_target: dict[Any, int] = {}

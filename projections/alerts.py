@@ -75,8 +75,22 @@ def create_alert_tables(connection: duckdb.DuckDBPyConnection) -> None:
 
 
 def has_alert_tables(connection: duckdb.DuckDBPyConnection) -> bool:
-    found = connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'alerts'").fetchone()[0]
+    """An `alerts` table or view in the connection's own database (not only in an attached one)."""
+    found = connection.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'alerts' AND table_schema = 'main' "
+        "AND table_catalog = current_database()").fetchone()[0]
     return found > 0
+
+
+def union_alerts(connection: duckdb.DuckDBPyConnection, databases: Sequence[str]) -> None:
+    """On a connection over projector shards (attached as `databases`), `alerts` = the union of theirs:
+    each shard folds the ar.alerts partitions of its own customers, so every alert is in one shard."""
+    present = [name for name in databases if connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'alerts'",
+        [name]).fetchone()[0]]
+    if present:
+        connection.execute("CREATE OR REPLACE VIEW alerts AS " + " UNION ALL ".join(
+            f"SELECT * FROM {name}.main.alerts" for name in present))
 
 
 def _money(amount: int) -> str:

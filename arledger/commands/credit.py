@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 from typing import Any
 
 from arledger import output
@@ -150,13 +149,16 @@ def _date(text: str | None, what: str) -> dt.date | None:
 
 
 def open_read_model(settings: Settings):
-    """The published snapshot, read-only (or the projection file when no snapshot exists yet)."""
-    from projections import schema
+    """The published snapshot(s), read-only; over projector shards, one union (alerts included)."""
+    from arledger import readmodel
+    from projections import alerts as rules
 
-    for path in (settings.snapshot_path, settings.projection_path):
-        if Path(path).exists():
-            return schema.connect(str(path), read_only=True)
-    sys.exit(f"arledger: no read model under {settings.home}: run 'arledger run' first")
+    connection = readmodel.open_read_model(settings)
+    shards = len(readmodel.read_model_paths(settings))
+    if shards > 1:
+        # readmodel attaches the shard files as shard0 .. shardN-1 and unions schema.TABLES only.
+        rules.union_alerts(connection, [f"shard{index}" for index in range(shards)])
+    return connection
 
 
 def _config():

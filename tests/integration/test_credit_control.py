@@ -499,3 +499,31 @@ def test_decision_latency_hook_measures_every_order_under_background_load(kafka_
     assert (result["decisions"], result["missing"]) == (result["orders_sent"], 0)
     assert result["outcomes"] == {"approved": result["orders_sent"]}
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+# -- Sharded projectors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_alerts_are_raised_once_across_projector_shards(kafka_env: dict[str, str], tmp_path: Path) -> None:
+    """`arledger run --workers 2`: each shard raises its own customers' alerts and folds the ar.alerts
+    partitions of those customers; `arledger alerts` reads the union of the shards."""
+    from helpers import wait_until
+
+    customers = [f"H{n}" for n in range(6)]
+    facts = []
+    for cid in customers:  # 950.00 of 1,000.00, due 2026-01-31: as of today above 90 %, 90+ past due
+        facts += [register(cid, 100_000, on="2026-01-01"), sale(cid, "I1", 95_000, "2026-01-01")]
+    with running_workers(kafka_env, "--workers", "2", log_path=tmp_path / "workers.log"):
+        ingest_wait(kafka_env, write_jsonl(tmp_path / "in.jsonl", facts))
+
+        def alerts() -> list[dict[str, Any]]:
+            return json.loads(cli(kafka_env, "alerts", "--format", "json").stdout)["rows"]
+
+        # utilisation right after the events; aging and first overdue with the next full evaluation (≤ 30 s).
+        wait_until(lambda: len(alerts()) >= 18, "18 alerts from two shards", timeout_s=120)
+        rows = alerts()
+    assert Counter(row["alert_id"] for row in rows) == Counter(
+        [f"utilisation|{cid}||2026-01-01" for cid in customers]
+        + [f"aging_bucket|{cid}|I1#1|90+" for cid in customers] + [f"first_overdue|{cid}||" for cid in customers])
+    assert len(list(tmp_path.glob("snapshot-*-of-2.duckdb"))) == 2
