@@ -29,7 +29,7 @@ ARLEDGER_NAMESPACE = uuid.UUID("9f0c5d0e-3b7a-5c1e-9a43-6a2f0b7c1d2e")
 
 def parse_instant(recorded_at: str) -> dt.datetime:
     """The datetime of a recorded_at text (UTC, microseconds, Z)."""
-    return dt.datetime.strptime(recorded_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(recorded_at)  # C-fast; 3.11 reads the trailing Z as UTC
 
 
 def account_id(customer_id: str) -> uuid.UUID:

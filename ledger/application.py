@@ -187,7 +187,7 @@ class Ledger(Application):
         for aggregate in aggregates:
             aggregate.collect_events()  # taken in `events` already, in recorded order
         processing_event: ProcessingEvent[UUID] = ProcessingEvent()
-        processing_event.collect_events(*events)
+        processing_event.events.extend(events)  # collect_events() would isinstance-check a Protocol per event
         processing_event.aggregates.update({aggregate.id: aggregate for aggregate in aggregates})
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
