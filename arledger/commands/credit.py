@@ -83,14 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(check)
     check.set_defaults(handler=run_check)
 
-    worklist = _parser(subparsers, "worklist", "the collections worklist: who to chase today and how",
-                       WORKLIST_HELP)
-    _common(worklist)
-    worklist.add_argument("--salesperson", help="only customers registered to this salesperson (\"\" = none)")
-    worklist.add_argument("--by", choices=("salesperson",), help="collection figures per salesperson instead")
-    worklist.add_argument("--from", dest="date_from", metavar="D", help="with --by: first day of the period")
-    worklist.add_argument("--to", dest="date_to", metavar="D", help="with --by: last day (default --as-of)")
-    worklist.set_defaults(handler=run_worklist)
+    add_worklist(subparsers)
 
     promises = _parser(subparsers, "promises", "promises to pay and their outcome (open, kept, partly kept, broken)",
                        "examples:\n  arledger promises --as-of 2026-06-30 --status broken\n")
@@ -137,6 +130,18 @@ def _amount(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"the amount must be > 0, got {value}")
     return value
+
+
+def add_worklist(subparsers: argparse._SubParsersAction) -> None:
+    """`worklist` under any command group: `arledger worklist` and `arledger report worklist` (DESIGN §6)."""
+    worklist = _parser(subparsers, "worklist", "the collections worklist: who to chase today and how",
+                       WORKLIST_HELP)
+    _common(worklist)
+    worklist.add_argument("--salesperson", help="only customers registered to this salesperson (\"\" = none)")
+    worklist.add_argument("--by", choices=("salesperson",), help="collection figures per salesperson instead")
+    worklist.add_argument("--from", dest="date_from", metavar="D", help="with --by: first day of the period")
+    worklist.add_argument("--to", dest="date_to", metavar="D", help="with --by: last day (default --as-of)")
+    worklist.set_defaults(handler=run_worklist)
 
 
 def _date(text: str | None, what: str) -> dt.date | None:
