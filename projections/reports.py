@@ -76,6 +76,19 @@ UNAPPLIED_AS_OF = """
     WHERE effective_on <= $as_of AND recorded_at <= $known_at GROUP BY customer_id"""
 
 
+# Fast path: when nothing is known at a later effective date than as_of, the items' current open
+# amounts (kept by the fold) are their amounts as of that date — no movement scan needed.
+OPEN_ITEMS_NOW = """
+    SELECT customer_id, invoice_id, installment, issued_on, due_on, open_amount
+    FROM items WHERE open_amount <> 0"""
+
+
+def everything_effective_by(connection: duckdb.DuckDBPyConnection, as_of: dt.date) -> bool:
+    """True when no item movement is effective after `as_of` (then "as of" equals "now")."""
+    latest = connection.execute("SELECT max(effective_on) FROM item_movements").fetchone()[0]
+    return latest is None or latest <= as_of
+
+
 def params(as_of: dt.date, known_at: dt.datetime | None) -> dict[str, Any]:
     return {"as_of": as_of, "known_at": known_at_param(known_at)}
 
@@ -90,8 +103,10 @@ def aging(connection: duckdb.DuckDBPyConnection, as_of: dt.date, known_at: dt.da
     bucket_columns = ", ".join(
         f"coalesce(sum(open_amount) FILTER (WHERE bucket = {index}), 0)::BIGINT AS \"{name}\""
         for index, name in enumerate(names))
+    open_items = OPEN_ITEMS_NOW if known_at is None and everything_effective_by(connection, as_of) \
+        else OPEN_ITEMS_AS_OF
     sql = f"""
-        WITH open_items AS ({OPEN_ITEMS_AS_OF}),
+        WITH open_items AS ({open_items}),
         aged AS (SELECT customer_id, open_amount, {buckets.case_sql(f"($as_of - {date_column})")} AS bucket
                  FROM open_items),
         by_customer AS (SELECT customer_id, {bucket_columns}, sum(open_amount)::BIGINT AS open
