@@ -203,6 +203,12 @@ def measure_decision_latency(settings: Settings, *, orders_per_s: float = 200.0,
         try:
             return _measure(client, orders_per_s, background_events_per_s, duration_s, warmup_s, customers,
                             business_date)
+        except DecisionTimeout as timeout:
+            log_file.flush()
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            dead = [f"pid {p.pid} exited {p.returncode}" for p in workers if p.poll() is not None]
+            raise DecisionTimeout(f"{timeout}; workers: {', '.join(dead) or 'all running'}; "
+                                  f"their log ends:\n{tail}") from None
         finally:
             client.close()
     finally:
