@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 import duckdb
 
 from ledger.policy import GRADING_INPUTS, PROMISE_BROKEN, CreditConfig, is_downgrade
+from projections.fold import staged_transaction
 from projections.grading import computed_grades
 from projections.reports import FAR_FUTURE, OPEN_ITEMS_AS_OF, Buckets, balances
 from projections.worklist import _rows, promises
@@ -283,39 +282,28 @@ def fold_alert_records(connection: duckdb.DuckDBPyConnection,
                        offsets: Mapping[int, int], *, staging_dir: str | Path | None = None) -> int:
     """Insert ar.alerts records [(partition, offset or None, JSON bytes)] (a known alert_id is a no-op) and store
     `offsets` {partition: next_offset}, in one transaction; returns the rows inserted."""
-    fd, stage_path = tempfile.mkstemp(prefix="arledger-alerts-", suffix=".ndjson", dir=staging_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stage:
-            for partition, offset, value in records:
-                stage.write(json.dumps({"partition": partition, "offset": offset,
-                                        "alert": json.loads(value)}, separators=(",", ":")) + "\n")
-        connection.execute("BEGIN TRANSACTION")
-        try:
-            inserted = 0
-            if records:
-                before = connection.execute("SELECT count(*) FROM alerts").fetchone()[0]
-                connection.execute(
-                    """INSERT INTO alerts
-                       SELECT alert->>'$.alert_id', alert->>'$.kind', alert->>'$.customer_id', alert->>'$.subject',
-                              alert->>'$.scope', (alert->>'$.business_date')::DATE,
-                              (alert->>'$.raised_at')::TIMESTAMPTZ, alert->>'$.message', alert->'$.figures',
-                              "partition", "offset"
-                       FROM read_json(?, format = 'newline_delimited',
-                                      columns = {'partition': 'INTEGER', 'offset': 'BIGINT', 'alert': 'JSON'})
-                       QUALIFY row_number() OVER (PARTITION BY alert->>'$.alert_id' ORDER BY "offset" NULLS LAST) = 1
-                       ON CONFLICT (alert_id) DO NOTHING""", [stage_path])
-                inserted = connection.execute("SELECT count(*) FROM alerts").fetchone()[0] - before
-            for partition, next_offset in offsets.items():
-                connection.execute(
-                    "INSERT INTO alert_offsets VALUES (?, ?) ON CONFLICT (\"partition\") "
-                    "DO UPDATE SET next_offset = greatest(alert_offsets.next_offset, excluded.next_offset)",
-                    [partition, next_offset])
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-    finally:
-        os.unlink(stage_path)
+    lines = (json.dumps({"partition": partition, "offset": offset, "alert": json.loads(value)},
+                        separators=(",", ":")).encode() for partition, offset, value in records)
+    with staged_transaction(connection, lines, prefix="arledger-alerts-", staging_dir=staging_dir) as stage_path:
+        inserted = 0
+        if records:
+            before = connection.execute("SELECT count(*) FROM alerts").fetchone()[0]
+            connection.execute(
+                """INSERT INTO alerts
+                   SELECT alert->>'$.alert_id', alert->>'$.kind', alert->>'$.customer_id', alert->>'$.subject',
+                          alert->>'$.scope', (alert->>'$.business_date')::DATE,
+                          (alert->>'$.raised_at')::TIMESTAMPTZ, alert->>'$.message', alert->'$.figures',
+                          "partition", "offset"
+                   FROM read_json(?, format = 'newline_delimited',
+                                  columns = {'partition': 'INTEGER', 'offset': 'BIGINT', 'alert': 'JSON'})
+                   QUALIFY row_number() OVER (PARTITION BY alert->>'$.alert_id' ORDER BY "offset" NULLS LAST) = 1
+                   ON CONFLICT (alert_id) DO NOTHING""", [stage_path])
+            inserted = connection.execute("SELECT count(*) FROM alerts").fetchone()[0] - before
+        for partition, next_offset in offsets.items():
+            connection.execute(
+                "INSERT INTO alert_offsets VALUES (?, ?) ON CONFLICT (\"partition\") "
+                "DO UPDATE SET next_offset = greatest(alert_offsets.next_offset, excluded.next_offset)",
+                [partition, next_offset])
     return inserted
 
 

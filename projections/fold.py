@@ -11,10 +11,11 @@ effective date and signed amount.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import duckdb
@@ -188,33 +189,44 @@ class BatchResult:
         self.records, self.applied, self.duration_s = records, applied, duration_s
 
 
-def apply_batch(connection: duckdb.DuckDBPyConnection, records: Sequence[bytes],
-                offsets: Mapping[tuple[str, int], int], *, staging_dir: str | Path | None = None,
-                before_commit: object = None) -> BatchResult:
-    """Fold ar.ledger records (JSON bytes) and store `offsets` {(topic, partition): next_offset} atomically."""
-    started = time.perf_counter()
-    fd, stage_path = tempfile.mkstemp(prefix="arledger-batch-", suffix=".ndjson", dir=staging_dir)
+@contextlib.contextmanager
+def staged_transaction(connection: duckdb.DuckDBPyConnection, lines: Iterable[bytes], *, prefix: str,
+                       staging_dir: str | Path | None = None) -> Iterator[str]:
+    """Stage `lines` as newline-delimited JSON in a temporary file and open a transaction; yields the
+    file's path for `read_json`. Commits when the block ends, rolls back if it raises; the file goes."""
+    fd, stage_path = tempfile.mkstemp(prefix=prefix, suffix=".ndjson", dir=staging_dir)
     try:
         with os.fdopen(fd, "wb") as stage:
-            for record in records:
-                stage.write(upcast_record(record).rstrip(b"\n"))  # old schema versions: current field names
+            for line in lines:
+                stage.write(line.rstrip(b"\n"))
                 stage.write(b"\n")
         connection.execute("BEGIN TRANSACTION")
         try:
-            applied = _fold(connection, stage_path, bool(records))
-            for (topic, partition), next_offset in offsets.items():
-                connection.execute(
-                    "INSERT INTO projection_offsets VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    [topic, partition, next_offset])
-            if callable(before_commit):
-                before_commit()  # fault-injection point for crash tests
+            yield stage_path
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
     finally:
         os.unlink(stage_path)
+
+
+def apply_batch(connection: duckdb.DuckDBPyConnection, records: Sequence[bytes],
+                offsets: Mapping[tuple[str, int], int], *, staging_dir: str | Path | None = None,
+                before_commit: object = None) -> BatchResult:
+    """Fold ar.ledger records (JSON bytes) and store `offsets` {(topic, partition): next_offset} atomically."""
+    started = time.perf_counter()
+    # old schema versions get their current field names on the way in
+    lines = (upcast_record(record) for record in records)
+    with staged_transaction(connection, lines, prefix="arledger-batch-", staging_dir=staging_dir) as stage_path:
+        applied = _fold(connection, stage_path, bool(records))
+        for (topic, partition), next_offset in offsets.items():
+            connection.execute(
+                "INSERT INTO projection_offsets VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [topic, partition, next_offset])
+        if callable(before_commit):
+            before_commit()  # fault-injection point for crash tests
     return BatchResult(len(records), applied, time.perf_counter() - started)
 
 
