@@ -61,8 +61,11 @@ def print_table(title: str, rows: list[dict[str, Any]], money_columns: set[str],
     from rich.console import Console
     from rich.table import Table
 
+    if not rows:  # an empty rich table prints nothing at all: say so instead
+        print(f"{title}: no rows")
+        return
     table = Table(title=title, show_lines=False)
-    columns = list(rows[0]) if rows else []
+    columns = list(rows[0])
     for column in columns:
         table.add_column(column, justify="right" if column in money_columns else "left")
     for row in rows:
