@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import JSONTranscoder, PersistenceError
+from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import contract as c
@@ -302,10 +304,11 @@ class Ledger(Application):
         return receipt.digest, outcome, receipt.origin
 
     def _prefetch_receipt_ids(self, records: list[InboundRecord]) -> set[str] | None:
-        """Envelope ids of the batch that have a stored receipt, in one query (SQLite); None: ask one by one."""
+        """Envelope ids of the batch that have a stored receipt, in one query (SQLite, PostgreSQL);
+        None: the store is another kind, ask one by one."""
         events_table = getattr(self.recorder, "events_table_name", None)
         datastore = getattr(self.recorder, "datastore", None)
-        if not isinstance(datastore, SQLiteDatastore) or events_table is None:
+        if events_table is None or not isinstance(datastore, (SQLiteDatastore, PostgresDatastore)):
             return None
         wanted: dict[str, str] = {}
         for record in records:
@@ -320,9 +323,15 @@ class Ledger(Application):
         with datastore.transaction(commit=False) as cursor:
             for start in range(0, len(keys), RECEIPT_LOOKUP_CHUNK):
                 chunk = keys[start:start + RECEIPT_LOOKUP_CHUNK]
-                cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
-                               f"AND originator_id IN ({','.join('?' * len(chunk))})", chunk)
-                found.update(wanted[row[0]] for row in cursor.fetchall())
+                if isinstance(datastore, SQLiteDatastore):
+                    cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
+                                   f"AND originator_id IN ({','.join('?' * len(chunk))})", chunk)
+                    found.update(wanted[row[0]] for row in cursor.fetchall())
+                else:
+                    cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
+                                   f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])",
+                                   [[uuid.UUID(key) for key in chunk]])
+                    found.update(wanted[row["originator_id"].hex] for row in cursor.fetchall())
         return found
 
     def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome, origin: str | None) -> None:
