@@ -37,19 +37,11 @@ def group_consumer(settings: Settings, topic: str, group_id: str, client_id: str
                    max_poll_records: int) -> KafkaConsumer:
     """A consumer in a group, auto-commit off: offsets are committed only after the effect is durable."""
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=settings.client_id(client_id.removeprefix("arledger-")),
-        **settings.kafka_security(),
+        **_consumer_options(settings, client_id, max_poll_records),
         group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=max_poll_records,
-        fetch_max_bytes=CONSUMER_FETCH_BYTES_MAX,
-        max_partition_fetch_bytes=CONSUMER_PARTITION_FETCH_BYTES_MAX,
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         max_poll_interval_ms=300_000,
-        isolation_level="read_committed",
     )
     consumer.subscribe([topic])
     return consumer
@@ -57,11 +49,16 @@ def group_consumer(settings: Settings, topic: str, group_id: str, client_id: str
 
 def assigned_consumer(settings: Settings, client_id: str, max_poll_records: int) -> KafkaConsumer:
     """A consumer without a group: the caller assigns partitions and seeks to offsets it stores itself."""
-    return KafkaConsumer(
+    return KafkaConsumer(**_consumer_options(settings, client_id, max_poll_records), group_id=None)
+
+
+def _consumer_options(settings: Settings, client_id: str, max_poll_records: int) -> dict[str, object]:
+    """What every arledger consumer sets: auto-commit off, from the earliest offset, big fetches,
+    committed records only."""
+    return dict(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.client_id(client_id.removeprefix("arledger-")),
         **settings.kafka_security(),
-        group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
