@@ -266,6 +266,24 @@ def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
         connection.close()
 
 
+def ledger_counts(settings: Settings) -> tuple[tuple[int, int, int, int], int, int]:
+    """What "nothing lost, nothing doubled" is checked on: (min, max, count, distinct count) of the
+    positions in the projection's ledger_events, its distinct (customer, envelope) pairs, and the
+    number of account events in the event store. Read from the projection file: stop the workers first."""
+    from ledger.application import Ledger
+
+    path = settings.projection_path
+    [positions] = query(path, "SELECT min(position), max(position), count(*), count(DISTINCT position) "
+                              "FROM ledger_events")
+    [(envelopes,)] = query(path, "SELECT count(*) FROM (SELECT DISTINCT customer_id, envelope_id FROM ledger_events)")
+    ledger = Ledger(settings.store_url)
+    try:
+        stored_events = len(ledger.read_ledger(0, 10_000_000))
+    finally:
+        ledger.close()
+    return positions, envelopes, stored_events
+
+
 def wait_until(condition, what: str, timeout_s: float = TOPIC_READ_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -40,8 +40,7 @@ from consumers.cluster import ClusterSecurity, LocalCluster, throwaway_tls
 from consumers.ingest import INGEST_GROUP_ID
 from consumers.publisher import Published, publish_lines, wait_for_outcomes
 from consumers.topics import admin_client, ensure_topics
-from helpers import ARLEDGER, Workers, cli, env_of, envelope, query, report, settings_on, write_jsonl
-from ledger.application import Ledger
+from helpers import ARLEDGER, Workers, cli, env_of, envelope, ledger_counts, report, settings_on, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -224,15 +223,7 @@ class RunResult:
 def collect(settings: Settings, env: dict[str, str], counts: Counter[str]) -> RunResult:
     aging = report(env, "aging", "--as-of", AS_OF)
     balances = report(env, "balances", "--as-of", AS_OF)
-    path = settings.projection_path
-    [positions] = query(path, "SELECT min(position), max(position), count(*), count(DISTINCT position) "
-                              "FROM ledger_events")
-    [(envelopes,)] = query(path, "SELECT count(*) FROM (SELECT DISTINCT customer_id, envelope_id FROM ledger_events)")
-    ledger = Ledger(settings.store_url)
-    try:
-        stored_events = len(ledger.read_ledger(0, 10_000_000))
-    finally:
-        ledger.close()
+    positions, envelopes, stored_events = ledger_counts(settings)
     return RunResult(counts, aging, balances, positions, envelopes, stored_events)
 
 

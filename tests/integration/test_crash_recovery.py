@@ -29,7 +29,7 @@ from arledger.settings import TOPIC_DECISIONS, TOPIC_INBOUND, TOPIC_LEDGER, TOPI
 from consumers.ingest import INGEST_GROUP_ID, IngestWorker
 from consumers.publisher import end_offsets, publish_lines, wait_for_outcomes
 from consumers.topics import admin_client, ensure_topics
-from helpers import (Workers, env_of, envelope, line, projection_rows, query, read_topic, running_workers,
+from helpers import (Workers, env_of, ledger_counts, envelope, line, projection_rows, query, read_topic, running_workers,
                      settings_on, wait_until)
 from ledger.application import Ledger
 
@@ -89,14 +89,7 @@ def run_workload(settings: Settings, home: Path, fault: str | None) -> RunResult
 
 def collect(settings: Settings, counts: Counter[str], log_path: Path) -> RunResult:
     path = settings.projection_path
-    [positions] = query(path, "SELECT min(position), max(position), count(*), count(DISTINCT position) "
-                              "FROM ledger_events")
-    [(envelopes,)] = query(path, "SELECT count(*) FROM (SELECT DISTINCT customer_id, envelope_id FROM ledger_events)")
-    ledger = Ledger(settings.store_url)
-    try:
-        stored_events = len(ledger.read_ledger(0, 10_000_000))
-    finally:
-        ledger.close()
+    positions, envelopes, stored_events = ledger_counts(settings)
     return RunResult(
         counts=counts, tables=projection_rows(path), positions=positions, envelopes=envelopes,
         stored_events=stored_events,
