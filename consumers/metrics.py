@@ -62,14 +62,10 @@ class Metrics:
             self.projector_offset.labels(str(partition)).set(offset)
         self.batch_seconds.labels("project").observe(seconds)
 
-    def observe_lag(self, worker: str, consumer: object) -> None:
-        """Consumer lag from the high-water marks the last fetches returned (no extra request)."""
-        for partition in consumer.assignment():  # type: ignore[attr-defined]
-            highwater = consumer.highwater(partition)  # type: ignore[attr-defined]
-            if highwater is not None:
-                position = consumer.position(partition)  # type: ignore[attr-defined]
-                self.consumer_lag.labels(worker, partition.topic, str(partition.partition)).set(
-                    max(highwater - position, 0))
+    def observe_lag(self, worker: str, lags: dict) -> None:
+        """Consumer lag by partition ({TopicPartition: records behind}, from the last fetches)."""
+        for partition, lag in lags.items():
+            self.consumer_lag.labels(worker, partition.topic, str(partition.partition)).set(lag)
 
     def beat(self) -> None:
         self.last_step = time.monotonic()

@@ -10,12 +10,14 @@ analysts' own tools: DuckDB lets no other process open a file while it writes.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import structlog
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 
 from arledger.settings import PROJECT_BATCH_EVENTS_MAX, SNAPSHOT_INTERVAL_S, TOPIC_LEDGER, Settings
 from consumers import clients
@@ -50,6 +52,73 @@ def publish_snapshot(connection, source: Path, target: Path, source_fd: int | No
     os.replace(partial, target)
 
 
+READ_AHEAD_BATCHES_MAX = 2  # batches fetched ahead while DuckDB folds: bounded memory
+
+
+def consumer_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
+    """Records behind the end of each assigned partition, from the high-water marks of the last fetches."""
+    lags = {}
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        if highwater is not None:
+            lags[partition] = max(highwater - consumer.position(partition), 0)
+    return lags
+
+
+class ReadAhead:
+    """Polls ar.ledger on its own thread while the projector folds the previous batch in DuckDB, so
+    consuming and folding overlap instead of taking turns. Only this thread touches the consumer while
+    it runs; `stop()` hands the consumer back (e.g. to seek after a rebuilt file was adopted)."""
+
+    def __init__(self, consumer: KafkaConsumer, poll_timeout_ms: int = 200) -> None:
+        self.consumer = consumer
+        self.poll_timeout_ms = poll_timeout_ms
+        self.batches: queue.Queue[tuple[list[bytes], dict[tuple[str, int], int]]] = queue.Queue(
+            maxsize=READ_AHEAD_BATCHES_MAX)
+        self.lags: dict[TopicPartition, int] = {}
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arledger-project-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=PROJECT_BATCH_EVENTS_MAX)
+                self.lags = consumer_lags(self.consumer)
+                if not polled:
+                    continue
+                values: list[bytes] = []
+                offsets: dict[tuple[str, int], int] = {}
+                for partition, records in polled.items():
+                    values.extend(record.value for record in records)
+                    offsets[(partition.topic, partition.partition)] = records[-1].offset + 1
+                while not self._stopping.is_set():
+                    try:
+                        self.batches.put((values, offsets), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as error:  # surfaced to the projector's thread by next()
+            self.error = error
+
+    def next(self, timeout_ms: int) -> tuple[list[bytes], dict[tuple[str, int], int]] | None:
+        """The next fetched batch, waiting at most `timeout_ms`; None when there is none yet."""
+        if self.error is not None:
+            raise self.error
+        try:
+            return self.batches.get(timeout=timeout_ms / 1000) if timeout_ms > 0 else self.batches.get_nowait()
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        """Stop polling and drop what was fetched but not folded (the caller seeks to its stored offsets)."""
+        self._stopping.set()
+        self._thread.join()
+        while not self.batches.empty():
+            self.batches.get_nowait()
+
+
 class Projector:
     """Folds ar.ledger into one DuckDB file and publishes its snapshot."""
 
@@ -79,6 +148,7 @@ class Projector:
                            if settings.shard is None or partition.partition % settings.shard[1] == settings.shard[0]]
         self.consumer.assign(self.partitions)
         self._seek_to_stored_offsets()
+        self.reader = ReadAhead(self.consumer)
         self._dirty = True
         self._last_snapshot = 0.0
         self.staging_dir = self.path.parent
@@ -105,6 +175,7 @@ class Projector:
         with swap_lock(self.path):
             if not self.rebuilt_path.exists():
                 return False
+            self.reader.stop()  # fetched batches belong to the old file's offsets: dropped, read again
             floor = stored_offsets(self.connection, self.topic)
             self.connection.execute("CHECKPOINT")
             self.connection.close()
@@ -114,6 +185,7 @@ class Projector:
             self._source_fd = os.open(self.path, os.O_RDONLY)
         schema.create_schema(self.connection)
         self._seek_to_stored_offsets()
+        self.reader = ReadAhead(self.consumer)
         self._snapshot_floor = floor
         self._dirty = True
         log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
@@ -123,12 +195,8 @@ class Projector:
     def run_once(self, timeout_ms: int) -> int:
         if self.rebuilt_path.exists():
             self.adopt_rebuilt()
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=PROJECT_BATCH_EVENTS_MAX)
-        values: list[bytes] = []
-        offsets: dict[tuple[str, int], int] = {}
-        for partition, records in polled.items():
-            values.extend(record.value for record in records)
-            offsets[(partition.topic, partition.partition)] = records[-1].offset + 1
+        batch = self.reader.next(timeout_ms)
+        values, offsets = batch if batch is not None else ([], {})
         if values:
             result = apply_batch(self.connection, values, offsets, staging_dir=self.staging_dir,
                                  before_commit=lambda: crash_point("project.mid_transaction"))
@@ -156,6 +224,7 @@ class Projector:
         return True
 
     def close(self) -> None:
+        self.reader.stop()
         self.maybe_publish_snapshot(force=True)
         self.consumer.close()
         self.connection.close()

@@ -19,7 +19,7 @@ from arledger.settings import POLL_TIMEOUT_MS, Settings
 from consumers.alerts import AlertsWorker, load_config
 from consumers.ingest import IngestWorker
 from consumers.metrics import Metrics
-from consumers.project import Projector
+from consumers.project import Projector, consumer_lags
 from consumers.relay import Relay
 from consumers.topics import ensure_topics
 from ledger.account import CreditPolicy
@@ -78,9 +78,9 @@ class Runner:
         if now - self._lag_checked >= LAG_CHECK_INTERVAL_S:
             self._lag_checked = now
             if self.ingest:
-                self.metrics.observe_lag("ingest", self.ingest.consumer)
+                self.metrics.observe_lag("ingest", consumer_lags(self.ingest.consumer))
             if self.projector:
-                self.metrics.observe_lag("project", self.projector.consumer)
+                self.metrics.observe_lag("project", self.projector.reader.lags)  # its reader thread owns the consumer
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         signal.signal(signal.SIGTERM, self.stop)
