@@ -45,6 +45,23 @@ DRAIN_STALL_TIMEOUT_S = 60.0  # a consumer that gets nothing for this long below
 PROFILE_LINES = 12
 
 
+
+def _drain(step: Callable[[], int], finished: Callable[[int], bool], what: str) -> tuple[int, float]:
+    """Call `step` (it returns how many it handled) until `finished(total handled)`; (handled, seconds).
+    Raises when no step handles anything for DRAIN_STALL_TIMEOUT_S: broker trouble, not a measurement."""
+    handled = 0
+    stall = time.monotonic()
+    started = time.perf_counter()
+    while not finished(handled):
+        count = step()
+        handled += count
+        if count:
+            stall = time.monotonic()
+        elif time.monotonic() - stall > DRAIN_STALL_TIMEOUT_S:
+            raise RuntimeError(f"{what} stalled at {handled}")
+    return handled, time.perf_counter() - started
+
+
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
@@ -145,17 +162,8 @@ def ingest_kafka(settings: Settings, store_url: str, lines: Sequence[bytes]) -> 
         produce_started = time.perf_counter()
         published = publish_lines(settings, lines)
         produce_s = time.perf_counter() - produce_started
-        handled = 0
-        stall = time.monotonic()
-        started = time.perf_counter()
-        while handled < len(published):
-            count = worker.run_once(200)
-            handled += count
-            if count:
-                stall = time.monotonic()
-            elif time.monotonic() - stall > DRAIN_STALL_TIMEOUT_S:
-                raise RuntimeError(f"ingest worker stalled at {handled}/{len(published)} records")
-        seconds = time.perf_counter() - started
+        handled, seconds = _drain(lambda: worker.run_once(200), lambda done: done >= len(published),
+                                  f"ingest worker ({len(published)} records)")
     finally:
         worker.close()
         ledger.close()
@@ -213,20 +221,14 @@ def raw_consume(settings: Settings, topic: str, keep: bool = False) -> tuple[dic
         partitions = [TopicPartition(topic, p) for p in sorted(end)]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        count = 0
-        stall = time.monotonic()
-        started = time.perf_counter()
-        while count < total:
+        def poll() -> int:
             polled = consumer.poll(timeout_ms=500, max_records=RAW_POLL_RECORDS_MAX)
             for records in polled.values():
-                count += len(records)
                 if keep:
                     values.extend(record.value for record in records)
-            if polled:
-                stall = time.monotonic()
-            elif time.monotonic() - stall > DRAIN_STALL_TIMEOUT_S:
-                raise RuntimeError(f"raw consume of {topic} stalled at {count}/{total}")
-        seconds = time.perf_counter() - started
+            return sum(len(records) for records in polled.values())
+
+        count, seconds = _drain(poll, lambda done: done >= total, f"raw consume of {topic} ({total} records)")
     finally:
         consumer.close()
     return {"topic": topic, "records": count, "seconds": round(seconds, 3),
@@ -282,17 +284,11 @@ def projector(settings: Settings, path: Path) -> dict[str, Any]:
     total = sum(end.values())
     worker = Projector(settings, path=path, snapshot_path=path.with_name(path.stem + ".snapshot.duckdb"))
     try:
-        events = 0
-        stall = time.monotonic()
-        started = time.perf_counter()
-        while any(stored_offsets(worker.connection, topic).get(p, 0) < o for p, o in end.items() if o):
-            count = worker.run_once(200)
-            events += count
-            if count:
-                stall = time.monotonic()
-            elif time.monotonic() - stall > DRAIN_STALL_TIMEOUT_S:
-                raise RuntimeError(f"projector stalled at {events}/{total}")
-        seconds = time.perf_counter() - started
+        def caught_up(_: int) -> bool:
+            applied = stored_offsets(worker.connection, topic)
+            return all(applied.get(p, 0) >= o for p, o in end.items() if o)
+
+        events, seconds = _drain(lambda: worker.run_once(200), caught_up, f"projector ({total} events)")
     finally:
         worker.close()
     return {"events": events, "seconds": round(seconds, 3), "events_per_s": _rate(events, seconds),
