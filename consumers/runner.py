@@ -31,6 +31,12 @@ IDLE_SLEEP_S = 0.05  # the relay has no blocking poll: it sleeps this long when 
 log = structlog.get_logger("arledger.run")
 
 
+def ledger_policy(settings: Settings) -> CreditPolicy:
+    """The ledger's credit rules: the overdue tolerance from the settings, the behaviour grading (recorded as
+    credit_grade.computed events) from the credit-control config file ($ARLEDGER_CONFIG)."""
+    return CreditPolicy(overdue_tolerance_days=settings.overdue_tolerance_days, grading=load_config().grading)
+
+
 class Runner:
     def __init__(self, settings: Settings, workers: tuple[str, ...] = WORKERS, *,
                  metrics: Metrics | None = None) -> None:
@@ -40,7 +46,7 @@ class Runner:
         self.stopping = False
         self.metrics = metrics
         ensure_topics(settings)
-        policy = CreditPolicy(overdue_tolerance_days=settings.overdue_tolerance_days)
+        policy = ledger_policy(settings)
         self.ingest = IngestWorker(settings, Ledger(settings.store_url, policy=policy)) if "ingest" in workers else None
         self.relay = Relay(settings, Ledger(settings.store_url, policy=policy)) if "relay" in workers else None
         self.projector = Projector(settings) if "project" in workers else None

@@ -18,6 +18,7 @@ from msgspec import Struct, field
 
 from ledger import contract as c
 from ledger import events as e
+from ledger.policy import PROMISE_BROKEN, GradingPolicy, average_days, basis_points, promise_status, utilisation_pct
 from ledger.errors import (
     AllocationExceedsOpen,
     AlreadyReversed,
@@ -35,6 +36,7 @@ from ledger.errors import (
 )
 
 START_OF_TIME = dt.date.min  # registration values hold from the start of time (§8)
+MONTH_END_GRADES_MAX = 24  # a fact after a long silence records at most this many missed month-end grades
 Emit = Callable[[e.DomainEvent], None]
 
 
@@ -42,6 +44,8 @@ class CreditPolicy(Struct, frozen=True, kw_only=True):
     """Configurable parts of the credit rules."""
 
     overdue_tolerance_days: int = 30
+    # Behaviour grading (DESIGN §8 "computed grades"): None records no `credit_grade.computed` events.
+    grading: GradingPolicy | None = None
 
 
 class Item(Struct, kw_only=True):
@@ -94,6 +98,7 @@ class PaymentRecord(Struct, kw_only=True):
     amount: int
     received_on: dt.date
     reversed: bool = False
+    reversed_on: dt.date | None = None
     allocations: list[tuple[str, int, int, dt.date]] = field(default_factory=list)  # invoice, installment, amount, effective
 
 
@@ -147,6 +152,13 @@ class AccountState(Struct, kw_only=True):
     credit_notes: dict[str, int] = field(default_factory=dict)
     orders: dict[str, OrderRecord] = field(default_factory=dict)
     promises: dict[str, int] = field(default_factory=dict)
+    # What the behaviour grade needs beyond the rules' state (see `grading_inputs`):
+    registered_on: dt.date | None = None
+    promise_dates: dict[str, tuple[dt.date, dt.date]] = field(default_factory=dict)  # (made_on, promised_on)
+    item_write_offs: list[tuple[str, int, int, dt.date]] = field(default_factory=list)  # invoice, inst., amount, on
+    write_off_totals: list[tuple[dt.date, int]] = field(default_factory=list)  # (written_off_on, amount)
+    computed_grade: str | None = None  # the last credit_grade.computed, in recorded order
+    graded_through: dt.date | None = None  # the last month end with a recorded month-end grade
     balance_deltas: dict[str, int] = field(default_factory=dict)  # ISO effective date → Σ balance change
     seq: int = 0
 
@@ -197,6 +209,61 @@ class AccountState(Struct, kw_only=True):
         invoice = self.invoices[invoice_id]
         return [self.items[item_key(invoice_id, n)] for n in range(1, invoice.installment_count + 1)]
 
+    def grading_inputs(self, as_of: dt.date, window_days: int) -> dict[str, int]:
+        """The behaviour figures of the grade as of `as_of`, over the window (as_of − window_days, as_of]
+        (the same definitions as `projections.grading`, which computes them from the read model):
+
+        - average_days_delinquent: amount-weighted days after the due date over cash of payments not
+          reversed by `as_of` applied in the window (on time counts 0), amounts written off in the window,
+          and what is open past due on `as_of` (as_of − due_on);
+        - utilisation_pct: exposure / credit limit × 100 on `as_of`;
+        - broken_promises: promises dated in the window, before `as_of`, that got no payment at all;
+        - disputes: disputes opened in the window;
+        - write_off_bp: written off in the window ÷ sales issued in it, in basis points.
+        """
+        start = as_of - dt.timedelta(days=window_days - 1) if as_of.toordinal() > window_days else dt.date.min
+        base = weighted = 0
+
+        def late(amount: int, on: dt.date, due_on: dt.date) -> None:
+            nonlocal base, weighted
+            base += amount
+            weighted += amount * max((on - due_on).days, 0)
+
+        live_payments = [payment for payment in self.payments.values()
+                         if payment.reversed_on is None or payment.reversed_on > as_of]
+        for payment in live_payments:
+            for invoice_id, installment, amount, effective_on in payment.allocations:
+                if start <= effective_on <= as_of:
+                    late(amount, effective_on, self.items[item_key(invoice_id, installment)].due_on)
+        for invoice_id, installment, amount, effective_on in self.item_write_offs:
+            if start <= effective_on <= as_of:
+                late(amount, effective_on, self.items[item_key(invoice_id, installment)].due_on)
+        for item in self.items.values():
+            if item.due_on >= as_of:
+                continue
+            open_amount = item.open if item.last_effective_on <= as_of else item.open_as_of(as_of)
+            if open_amount:
+                late(open_amount, as_of, item.due_on)
+        broken = 0
+        for promise_id, (made_on, promised_on) in self.promise_dates.items():
+            if not (start <= promised_on < as_of and made_on <= as_of):
+                continue
+            paid_until = min(promised_on, as_of)
+            paid = sum(payment.amount for payment in live_payments if made_on <= payment.received_on <= paid_until)
+            if promise_status(self.promises[promise_id], paid, promised_on, as_of) == PROMISE_BROKEN:
+                broken += 1
+        disputes = sum(1 for invoice in self.invoices.values() for opened_on, _ in invoice.dispute_periods
+                       if start <= opened_on <= as_of)
+        written_off = sum(amount for on, amount in self.write_off_totals if start <= on <= as_of)
+        sales = sum(invoice.amount for invoice in self.invoices.values() if start <= invoice.issued_on <= as_of)
+        return {
+            "average_days_delinquent": average_days(weighted, base),
+            "utilisation_pct": utilisation_pct(self.exposure_as_of(as_of), self.credit_limit_as_of(as_of)),
+            "broken_promises": broken,
+            "disputes": disputes,
+            "write_off_bp": basis_points(written_off, sales),
+        }
+
     # -- Commands ----------------------------------------------------------------------------
 
     def handle(self, envelope: c.Envelope, emit: Emit, policy: CreditPolicy = CreditPolicy()) -> None:
@@ -204,7 +271,39 @@ class AccountState(Struct, kw_only=True):
         if not self.registered and not isinstance(envelope.data, c.CustomerRegisteredData):
             raise UnknownCustomer(f"unknown customer {self.customer_id!r}")
         handler = _HANDLERS[type(envelope.data)]
-        handler(self, envelope.data, envelope.business_date, emit, policy)
+        day = envelope.business_date
+        handler(self, envelope.data, day, emit, policy)
+        if policy.grading is not None and self.registered:
+            self._grade(type(envelope.data) in GRADE_RELEVANT, day, emit, policy.grading)
+
+    def _grade(self, relevant: bool, day: dt.date, emit: Emit, grading: GradingPolicy) -> None:
+        """After an accepted fact: the month-end grades of every month that ended before its business date
+        and was not graded yet (as of each month end, so the fact itself is not in them: its effects are
+        dated on or after `day`), then, for a fact that moves the behaviour figures, the grade as of `day`
+        when it differs from the last computed one (DESIGN §8 "computed grades")."""
+        if self.graded_through is not None:
+            month_end = _month_end(self.graded_through + dt.timedelta(days=1))
+        elif self.registered_on is not None:
+            month_end = _month_end(self.registered_on)
+        else:
+            month_end = dt.date.max  # a state from before grading was recorded: no month ends to catch up
+        due: list[dt.date] = []
+        while month_end < day:
+            due.append(month_end)
+            month_end = _month_end(month_end + dt.timedelta(days=1))
+        for month_end in due[-MONTH_END_GRADES_MAX:]:
+            self._emit_grade(month_end, "month_end", emit, grading)
+        if relevant:
+            inputs = self.grading_inputs(day, grading.window_days)
+            if grading.score(inputs).grade != self.computed_grade:
+                self._emit_grade(day, "event", emit, grading, inputs)
+
+    def _emit_grade(self, as_of: dt.date, trigger: str, emit: Emit, grading: GradingPolicy,
+                    inputs: dict[str, int] | None = None) -> None:
+        inputs = inputs if inputs is not None else self.grading_inputs(as_of, grading.window_days)
+        score = grading.score(inputs)
+        emit(e.CreditGradeComputed(grade=score.grade, score=score.score, previous_grade=self.computed_grade,
+                                   trigger=trigger, window_days=grading.window_days, computed_on=as_of, **inputs))
 
     def _register(self, data: c.CustomerRegisteredData, day: dt.date, emit: Emit, policy: CreditPolicy) -> None:
         if self.registered:
@@ -518,6 +617,7 @@ class AccountState(Struct, kw_only=True):
         self.registered = True
         self.name, self.currency, self.salesperson = event.name, event.currency, event.salesperson
         self.payment_terms_days = event.payment_terms_days
+        self.registered_on = event.registered_on
         self.limits.append(Dated(START_OF_TIME, self.seq, event.credit_limit))
         if event.grade is not None:
             self.grades.append(Dated(START_OF_TIME, self.seq, event.grade))
@@ -530,6 +630,11 @@ class AccountState(Struct, kw_only=True):
 
     def _fold_grade(self, event: e.CreditGradeAssigned) -> None:
         self.grades.append(Dated(event.effective_on, self.seq, event.grade))
+
+    def _fold_grade_computed(self, event: e.CreditGradeComputed) -> None:
+        self.computed_grade = event.grade
+        if event.trigger == "month_end":
+            self.graded_through = max(self.graded_through or event.computed_on, event.computed_on)
 
     def _fold_hold_placed(self, event: e.CreditHoldPlaced) -> None:
         self.holds.append(Dated(event.effective_on, self.seq, True))
@@ -600,7 +705,8 @@ class AccountState(Struct, kw_only=True):
         # item −amount and unapplied −amount on the same day: the balance does not move
 
     def _fold_payment_reversed(self, event: e.PaymentReversed) -> None:
-        self.payments[event.payment_id].reversed = True
+        payment = self.payments[event.payment_id]
+        payment.reversed, payment.reversed_on = True, event.reversed_on
 
     def _fold_allocation_reversed(self, event: e.AllocationReversed) -> None:
         item = self._move_item(event.invoice_id, event.installment, event.effective_on, event.amount)
@@ -620,6 +726,10 @@ class AccountState(Struct, kw_only=True):
         if event.closes_item:
             item.written_off = True
         self._move_balance(event.effective_on, -event.amount)
+        self.item_write_offs.append((event.invoice_id, event.installment, event.amount, event.effective_on))
+
+    def _fold_written_off(self, event: e.InvoiceWrittenOff) -> None:
+        self.write_off_totals.append((event.written_off_on, event.amount))
 
     def _fold_dispute_opened(self, event: e.DisputeOpened) -> None:
         invoice = self.invoices[event.invoice_id]
@@ -634,6 +744,7 @@ class AccountState(Struct, kw_only=True):
 
     def _fold_promise(self, event: e.PromiseMade) -> None:
         self.promises[event.promise_id] = event.amount
+        self.promise_dates[event.promise_id] = (event.made_on, event.promised_on)
 
 
 def _default_due_on(issued_on: dt.date, terms_days: int) -> dt.date:
@@ -643,6 +754,13 @@ def _default_due_on(issued_on: dt.date, terms_days: int) -> dt.date:
     except OverflowError:
         raise InvalidField(f"issued_on {issued_on} plus {terms_days} days of payment terms is past "
                            f"{dt.date.max}; give due_on") from None
+
+
+def _month_end(day: dt.date) -> dt.date:
+    """The last day of `day`'s month."""
+    if day.month == 12:
+        return day.replace(day=31)
+    return day.replace(month=day.month + 1, day=1) - dt.timedelta(days=1)
 
 
 def _effective(item: Item, cause_on: dt.date, source_on: dt.date) -> dt.date:
@@ -671,11 +789,21 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     c.InvoiceWrittenOffData: AccountState._write_off,
 }
 
+# Facts after which the behaviour grade is recomputed (DESIGN §8): they move its figures. Orders move
+# utilisation too, but only until invoiced or cancelled; leaving them out keeps the credit-decision path
+# lean, and the next sale, payment or month end regrades.
+GRADE_RELEVANT: frozenset[type] = frozenset({
+    c.SaleRecordedData, c.CreditNoteIssuedData, c.PaymentReceivedData, c.PaymentReversedData,
+    c.InvoiceWrittenOffData, c.DisputeOpenedData, c.DisputeResolvedData, c.PromiseMadeData,
+    c.CreditLimitChangedData,
+})
+
 _FOLDERS: dict[type, Callable[[AccountState, Any], None]] = {
     e.CustomerRegistered: AccountState._fold_registered,
     e.CreditLimitChanged: AccountState._fold_limit,
     e.PaymentTermsChanged: AccountState._fold_terms,
     e.CreditGradeAssigned: AccountState._fold_grade,
+    e.CreditGradeComputed: AccountState._fold_grade_computed,
     e.CreditHoldPlaced: AccountState._fold_hold_placed,
     e.CreditHoldReleased: AccountState._fold_hold_released,
     e.OrderPlaced: AccountState._fold_order_placed,
@@ -695,7 +823,7 @@ _FOLDERS: dict[type, Callable[[AccountState, Any], None]] = {
     e.AllocationReversed: AccountState._fold_allocation_reversed,
     e.UnappliedCashRemoved: AccountState._fold_unapplied_removed,
     e.UnappliedCashReturned: AccountState._fold_unapplied_returned,
-    e.InvoiceWrittenOff: AccountState._fold_nothing,
+    e.InvoiceWrittenOff: AccountState._fold_written_off,
     e.ItemWrittenOff: AccountState._fold_item_written_off,
     e.DisputeOpened: AccountState._fold_dispute_opened,
     e.DisputeResolved: AccountState._fold_dispute_resolved,

@@ -62,6 +62,25 @@ class CreditGradeAssigned(DomainEvent, frozen=True, kw_only=True, tag="credit_gr
     effective_on: dt.date
 
 
+class CreditGradeComputed(DomainEvent, frozen=True, kw_only=True, tag="credit_grade.computed"):
+    """The behaviour grade the ledger computed as of `computed_on` (DESIGN §8): on a relevant fact when the
+    grade changed (`trigger` "event"), and at every month end (`trigger` "month_end"). The inputs are the
+    figures over the window (computed_on − window_days, computed_on]; reported as `computed_grade`, never
+    applied: `grade` stays the assigned one."""
+
+    grade: str
+    score: int
+    previous_grade: str | None = None  # the last computed grade before this one
+    trigger: str  # "event" | "month_end"
+    window_days: int
+    average_days_delinquent: int
+    utilisation_pct: int
+    broken_promises: int
+    disputes: int
+    write_off_bp: int
+    computed_on: dt.date
+
+
 class CreditHoldPlaced(DomainEvent, frozen=True, kw_only=True, tag="credit_hold.placed"):
     reason: str
     effective_on: dt.date
@@ -280,7 +299,7 @@ class CreditLimitBreached(DomainEvent, frozen=True, kw_only=True, tag="credit_li
 
 
 AnyDomainEvent = Union[
-    CustomerRegistered, CreditLimitChanged, PaymentTermsChanged, CreditGradeAssigned,
+    CustomerRegistered, CreditLimitChanged, PaymentTermsChanged, CreditGradeAssigned, CreditGradeComputed,
     CreditHoldPlaced, CreditHoldReleased, OrderPlaced, OrderApproved, OrderBlocked,
     OrderReleased, OrderCancelled, OrderInvoiced, SaleRecorded, ItemOpened, CreditNoteIssued,
     CreditNoteApplied, CreditNoteExcessUnapplied, PaymentReceived, CashAllocated,

@@ -176,6 +176,11 @@ FOLD_STATEMENTS: tuple[str, ...] = (
         SELECT position, customer_id, {_s('invoice_id')}, {_i('exposure')}, {_i('credit_limit')}, {_b('crossing')},
                {_d('breached_on')}, recorded_at
         FROM fresh WHERE kind = 'credit_limit.breached'""",
+    f"""INSERT INTO computed_grades
+        SELECT position, customer_id, {_s('grade')}, {_i('score')}, {_s('previous_grade')}, {_s('trigger')},
+               {_i('window_days')}, {_i('average_days_delinquent')}, {_i('utilisation_pct')},
+               {_i('broken_promises')}, {_i('disputes')}, {_i('write_off_bp')}, {_d('computed_on')}, recorded_at
+        FROM fresh WHERE kind = 'credit_grade.computed'""",
     """INSERT INTO projection_meta
         SELECT 'max_position', max(position)::VARCHAR FROM ledger_events
         ON CONFLICT (key) DO UPDATE SET value = excluded.value""",

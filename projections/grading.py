@@ -1,6 +1,13 @@
-"""Computed credit grades A–D from payment behaviour, as of a business date (DESIGN §8 "computed grades").
+"""Behaviour grades A–D (DESIGN §8 "computed grades"): the recorded ones, and the same figures from the read model.
 
-The inputs are read from the read model over the window (as_of − window_days, as_of]:
+The ledger records each computed grade as a `credit_grade.computed` event (on a relevant fact when the
+grade changed, and at every month end; `ledger.account.AccountState.grading_inputs`), folded into the
+`computed_grades` table. `grades_report` reports the latest recorded grade as of a date as `computed_grade`
+(`grade` stays the last assigned one); reported, never applied.
+
+`computed_grades` computes the same inputs from the read model as of any date, independently of the
+ledger's code — the alerts' daily "grade downgrade" check uses it, and the tests compare it with what the
+ledger recorded. Over the window (as_of − window_days, as_of]:
 
 - average_days_delinquent: amount-weighted days after the due date, over cash applied in the window
   (payments not reversed as of the date; applied on time counts 0 days), amounts written off in the window
@@ -11,7 +18,6 @@ The inputs are read from the read model over the window (as_of − window_days, 
 - write_off_bp: written off in the window ÷ sales issued in the window, in basis points.
 
 The score and the grade come from `ledger.policy.GradingPolicy` (weights and thresholds in the TOML config).
-`grade` stays the last assigned grade; the behaviour grade is `computed_grade`. Reported, never applied.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.policy import PROMISE_BROKEN, GradingPolicy, average_days, basis_points, utilisation_pct
+from ledger.policy import GRADING_INPUTS, PROMISE_BROKEN, GradingPolicy, average_days, basis_points, utilisation_pct
 from projections.reports import OPEN_ITEMS_AS_OF, balances, format_known_at, latest_credit_value_sql, params
 from projections.worklist import _rows, promises
 
@@ -102,10 +108,49 @@ def computed_grades(connection: duckdb.DuckDBPyConnection, policy: GradingPolicy
     return grades
 
 
+# The latest recorded grade of each customer as of the date (business date, then recorded order).
+RECORDED_SQL = """
+    SELECT * FROM computed_grades WHERE computed_on <= $as_of AND recorded_at <= $known_at
+    QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY computed_on DESC, position DESC) = 1"""
+
+
+def recorded_grades(connection: duckdb.DuckDBPyConnection, as_of: dt.date,
+                    known_at: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
+    """{customer_id: the latest credit_grade.computed row with computed_on <= as_of, known at known_at}."""
+    return {row["customer_id"]: row for row in _rows(connection, RECORDED_SQL, params(as_of, known_at))}
+
+
 def grades_report(connection: duckdb.DuckDBPyConnection, policy: GradingPolicy, as_of: dt.date,
                   known_at: dt.datetime | None = None, salesperson: str | None = None) -> dict[str, Any]:
-    """`arledger grades --format json`: one row per customer with score, inputs, penalties and suggestions."""
-    rows = [row for row in computed_grades(connection, policy, as_of, known_at).values()
-            if salesperson is None or row["salesperson"] == salesperson]
+    """`arledger grades --format json`: one row per customer with the recorded computed grade as of the date,
+    its inputs, the penalties they give under the current config, and the suggested limit and terms."""
+    recorded = recorded_grades(connection, as_of, known_at)
+    terms = {row["customer_id"]: row["value"]
+             for row in _rows(connection, latest_credit_value_sql("payment_terms_days", "value_int"),
+                              params(as_of, known_at))}
+    rows = []
+    for row in balances(connection, as_of, known_at)["rows"]:
+        if salesperson is not None and row["salesperson"] != salesperson:
+            continue
+        customer_id = row["customer_id"]
+        grade = recorded.get(customer_id)
+        inputs = {name: grade[name] if grade else None for name in GRADING_INPUTS}
+        if grade:
+            penalties = policy.score(inputs).penalties
+            suggested_limit, suggested_terms = policy.suggest(grade["grade"], row["credit_limit"])
+        else:
+            penalties, suggested_limit, suggested_terms = {}, None, None
+        rows.append({
+            "customer_id": customer_id, "name": row["name"], "salesperson": row["salesperson"],
+            "currency": row["currency"], "grade": row["grade"],
+            "computed_grade": grade["grade"] if grade else None,
+            "computed_on": grade["computed_on"].isoformat() if grade else None,
+            "trigger": grade["trigger"] if grade else None,
+            "score": grade["score"] if grade else None, **inputs,
+            **{f"penalty_{factor.name}": round(penalties[factor.name], 2) if grade else None
+               for factor in policy.factors},
+            "credit_limit": row["credit_limit"], "suggested_credit_limit": suggested_limit,
+            "payment_terms_days": terms.get(customer_id), "suggested_payment_terms_days": suggested_terms,
+        })
     return {"as_of": as_of.isoformat(), "known_at": format_known_at(known_at), "salesperson": salesperson,
             "window_start": window_start(policy, as_of).isoformat(), "rows": rows}

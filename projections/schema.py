@@ -67,6 +67,13 @@ TABLES: dict[str, tuple[str, str]] = {
     "breaches": ("Sales that left exposure over the credit limit; crossing = first breach since within limit.", """
         position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, exposure BIGINT,
         credit_limit BIGINT, crossing BOOLEAN, breached_on DATE, recorded_at TIMESTAMPTZ"""),
+    "computed_grades": ("Behaviour grades the ledger computed (credit_grade.computed): on a relevant fact when the "
+                        "grade changed (trigger 'event') and at each month end (trigger 'month_end'), with the "
+                        "inputs over the window ending on computed_on.", """
+        position BIGINT PRIMARY KEY, customer_id VARCHAR, grade VARCHAR, score INTEGER, previous_grade VARCHAR,
+        trigger VARCHAR, window_days INTEGER, average_days_delinquent INTEGER, utilisation_pct INTEGER,
+        broken_promises INTEGER, disputes INTEGER, write_off_bp INTEGER, computed_on DATE,
+        recorded_at TIMESTAMPTZ"""),
     "projection_offsets": ("Kafka offsets applied, written in the same transaction as the rows (§5).", """
         topic VARCHAR, partition INTEGER, next_offset BIGINT, PRIMARY KEY (topic, partition)"""),
     "projection_meta": ("Facts about this projection file (schema version, last position).", """
