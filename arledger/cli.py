@@ -72,7 +72,13 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        misplaced = sorted({option.flag for option in KAFKA_OPTIONS} & {arg.partition("=")[0] for arg in unknown})
+        if misplaced:
+            parser.error(f"{', '.join(misplaced)}: Kafka options go before the command "
+                         f"(arledger {misplaced[0]} ... COMMAND ...)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # as parse_args says it
     apply_flags({option.variable: getattr(args, option.variable) for option in KAFKA_OPTIONS}, os.environ)
     # A setting that cannot work stops every command here, before it starts anything.
     problems = kafka_problems(os.environ)

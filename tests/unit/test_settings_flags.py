@@ -132,6 +132,23 @@ def test_an_unknown_protocol_or_mechanism_is_an_argument_error(
     assert re.search(rf"arledger: error: argument {flag}: invalid choice: '{value}'", capsys.readouterr().err)
 
 
+def test_a_kafka_flag_after_the_command_says_where_it_belongs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--bootstrap-servers", "k1:9093", "ingest"])
+
+    assert exit_.value.code == 2
+    assert ("arledger: error: --bootstrap-servers: Kafka options go before the command "
+            "(arledger --bootstrap-servers ... COMMAND ...)") in capsys.readouterr().err
+
+
+def test_other_unknown_arguments_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", "--no-such-option"])
+
+    assert exit_.value.code == 2
+    assert "arledger: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 # -- The environment, wherever it came from: Settings ------------------------------------------
 
 
