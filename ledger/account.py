@@ -160,6 +160,10 @@ class AccountState(Struct, kw_only=True):
     computed_grade: str | None = None  # the last credit_grade.computed, in recorded order
     graded_through: dt.date | None = None  # the last month end with a recorded month-end grade
     balance_deltas: dict[str, int] = field(default_factory=dict)  # ISO effective date → Σ balance change
+    # Σ balance_deltas and its latest date, kept from registration on (None: a state from before they were
+    # kept, e.g. an old snapshot — then every balance is summed from the deltas).
+    balance_total: int = 0
+    balance_last_day: str | None = None
     seq: int = 0
 
     # -- Views as of a business date -------------------------------------------------------
@@ -176,6 +180,8 @@ class AccountState(Struct, kw_only=True):
     def balance_as_of(self, as_of: dt.date) -> int:
         """Open items − unapplied cash, counting only movements effective on or before `as_of`."""
         cutoff = as_of.isoformat()
+        if self.balance_last_day is not None and cutoff >= self.balance_last_day:
+            return self.balance_total  # the common question, "as of today": no scan
         return sum(delta for day, delta in self.balance_deltas.items() if day <= cutoff)
 
     def open_orders_as_of(self, as_of: dt.date) -> int:
@@ -222,28 +228,32 @@ class AccountState(Struct, kw_only=True):
         - write_off_bp: written off in the window ÷ sales issued in it, in basis points.
         """
         start = as_of - dt.timedelta(days=window_days - 1) if as_of.toordinal() > window_days else dt.date.min
+        items = self.items
         base = weighted = 0
-
-        def late(amount: int, on: dt.date, due_on: dt.date) -> None:
-            nonlocal base, weighted
-            base += amount
-            weighted += amount * max((on - due_on).days, 0)
-
-        live_payments = [payment for payment in self.payments.values()
-                         if payment.reversed_on is None or payment.reversed_on > as_of]
-        for payment in live_payments:
+        live_payments = []
+        for payment in self.payments.values():
+            if payment.reversed_on is not None and payment.reversed_on <= as_of:
+                continue
+            live_payments.append(payment)
             for invoice_id, installment, amount, effective_on in payment.allocations:
                 if start <= effective_on <= as_of:
-                    late(amount, effective_on, self.items[item_key(invoice_id, installment)].due_on)
+                    base += amount
+                    due_on = items[item_key(invoice_id, installment)].due_on
+                    if effective_on > due_on:
+                        weighted += amount * (effective_on - due_on).days
         for invoice_id, installment, amount, effective_on in self.item_write_offs:
             if start <= effective_on <= as_of:
-                late(amount, effective_on, self.items[item_key(invoice_id, installment)].due_on)
-        for item in self.items.values():
+                base += amount
+                due_on = items[item_key(invoice_id, installment)].due_on
+                if effective_on > due_on:
+                    weighted += amount * (effective_on - due_on).days
+        for item in items.values():
             if item.due_on >= as_of:
                 continue
             open_amount = item.open if item.last_effective_on <= as_of else item.open_as_of(as_of)
             if open_amount:
-                late(open_amount, as_of, item.due_on)
+                base += open_amount
+                weighted += open_amount * (as_of - item.due_on).days
         broken = 0
         for promise_id, (made_on, promised_on) in self.promise_dates.items():
             if not (start <= promised_on < as_of and made_on <= as_of):
@@ -590,6 +600,9 @@ class AccountState(Struct, kw_only=True):
     def _move_balance(self, day: dt.date, delta: int) -> None:
         key = day.isoformat()
         self.balance_deltas[key] = self.balance_deltas.get(key, 0) + delta
+        if self.balance_last_day is not None:
+            self.balance_total += delta
+            self.balance_last_day = max(self.balance_last_day, key)
 
     def _move_item(self, invoice_id: str, installment: int, day: dt.date, delta: int) -> Item:
         item = self.items[item_key(invoice_id, installment)]
@@ -618,6 +631,7 @@ class AccountState(Struct, kw_only=True):
         self.name, self.currency, self.salesperson = event.name, event.currency, event.salesperson
         self.payment_terms_days = event.payment_terms_days
         self.registered_on = event.registered_on
+        self.balance_last_day = ""
         self.limits.append(Dated(START_OF_TIME, self.seq, event.credit_limit))
         if event.grade is not None:
             self.grades.append(Dated(START_OF_TIME, self.seq, event.grade))

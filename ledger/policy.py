@@ -20,6 +20,7 @@ ACTIONS = ("reminder", "call", "email", "letter", "visit", "lawyer_letter", "age
 GRADES = ("A", "B", "C", "D")  # best first
 GRADING_INPUTS = ("average_days_delinquent", "utilisation_pct", "broken_promises", "disputes", "write_off_bp")
 SCORE_MAX = 100
+SCORE_CACHE_MAX = 100_000
 UTILISATION_PCT_CAP = 999  # a zero limit with exposure: "infinitely" used, kept an integer
 
 # Promise outcomes (§8).
@@ -156,6 +157,9 @@ class GradingPolicy:
     factors: tuple[Factor, ...]
     thresholds: dict[str, int]  # grade → lowest score (A, B, C); below C is D
     suggestions: dict[str, Suggestion] = field(default_factory=dict)
+    # Scores already worked out, by input values: exact Fractions are slow and the ledger scores after most
+    # facts, with inputs that repeat (small integers).
+    _scores: dict[tuple[int, ...], Score] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.window_days < 1:
@@ -167,6 +171,15 @@ class GradingPolicy:
             raise ConfigError(f"grading.thresholds: A > B > C needed, got {self.thresholds}")
 
     def score(self, inputs: Mapping[str, int]) -> Score:
+        key = tuple(inputs[factor.name] for factor in self.factors)
+        known = self._scores.get(key)
+        if known is None:
+            if len(self._scores) >= SCORE_CACHE_MAX:
+                self._scores.clear()
+            known = self._scores[key] = self._score(inputs)
+        return known
+
+    def _score(self, inputs: Mapping[str, int]) -> Score:
         penalties = {factor.name: factor.penalty(inputs[factor.name]) for factor in self.factors}
         score = max(0, round(SCORE_MAX - sum(penalties.values(), Fraction(0))))  # round() on Fraction: half-even
         return Score(score=score, grade=self.grade_of(score),
@@ -191,9 +204,19 @@ def is_downgrade(before: str | None, after: str | None) -> bool:
     return before in GRADES and after in GRADES and GRADES.index(after) > GRADES.index(before)
 
 
+def divide_half_even(numerator: int, denominator: int) -> int:
+    """numerator ÷ denominator (> 0) rounded half-even, in integers: round(Fraction(n, d)) without a Fraction
+    (the ledger computes these after most facts)."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2 == 1):
+        return quotient + 1
+    return quotient
+
+
 def average_days(weighted_days: int, amount: int) -> int:
     """Amount-weighted average days, rounded half-even (0 when nothing was due)."""
-    return round(Fraction(weighted_days, amount)) if amount > 0 else 0
+    return divide_half_even(weighted_days, amount) if amount > 0 else 0
 
 
 def utilisation_pct(exposure: int, credit_limit: int) -> int:
@@ -201,7 +224,7 @@ def utilisation_pct(exposure: int, credit_limit: int) -> int:
         return 0
     if credit_limit <= 0:
         return UTILISATION_PCT_CAP
-    return min(UTILISATION_PCT_CAP, round(Fraction(exposure * 100, credit_limit)))
+    return min(UTILISATION_PCT_CAP, divide_half_even(exposure * 100, credit_limit))
 
 
 def basis_points(part: int, whole: int) -> int:
@@ -209,7 +232,7 @@ def basis_points(part: int, whole: int) -> int:
         return 0
     if whole <= 0:
         return 10_000
-    return round(Fraction(part * 10_000, whole))
+    return divide_half_even(part * 10_000, whole)
 
 
 # -- Alerts -----------------------------------------------------------------------------------------

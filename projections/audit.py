@@ -30,6 +30,7 @@ BUSINESS_DATE_FIELD: dict[str, str] = {
     "credit_limit.changed": "effective_on",
     "payment_terms.changed": "effective_on",
     "credit_grade.assigned": "effective_on",
+    "credit_grade.computed": "computed_on",
     "credit_hold.placed": "effective_on",
     "credit_hold.released": "effective_on",
     "order.placed": "placed_on",

@@ -33,7 +33,7 @@ from consumers.relay import Relay
 from consumers.topics import ensure_topics
 from helpers import cli, envelope, ingest_wait, read_topic, running_workers, write_jsonl
 from ledger.application import Ledger
-from ledger.policy import parse_config
+from ledger.policy import GRADING_INPUTS, parse_config
 from projections import alerts as alert_rules
 from projections import grading, schema, worklist
 
@@ -484,6 +484,37 @@ def test_computed_grade_follows_payment_behaviour(collections_read_model, as_of,
         # Grade C suggests half the limit and 15 days; reported, never applied.
         assert (reported["computed_grade"], reported["suggested_credit_limit"],
                 reported["suggested_payment_terms_days"], reported["credit_limit"]) == ("C", 500_000, 15, 1_000_000)
+
+
+def test_the_ledger_records_grades_that_the_read_model_computes_alike(collections_read_model) -> None:
+    env, connection = collections_read_model
+    policy = load_config().grading
+    columns = ("customer_id", "trigger", "computed_on", "grade", "score", "previous_grade")
+    recorded = [dict(zip(columns, row)) for row in connection.execute(
+        f"SELECT {', '.join(columns)} FROM computed_grades ORDER BY position").fetchall()]
+    # G1 fact by fact (figures worked out in the parametrised test above): recorded on a change and at each
+    # month end, the month end when the first fact after it arrives.
+    assert [(r["trigger"], r["computed_on"].isoformat(), r["grade"], r["score"], r["previous_grade"])
+            for r in recorded if r["customer_id"] == "G1"] == [
+        ("event", "2026-01-01", "A", 100, None), ("month_end", "2026-01-31", "A", 100, "A"),
+        ("month_end", "2026-02-28", "A", 100, "A"), ("month_end", "2026-03-31", "A", 91, "A"),
+        ("month_end", "2026-04-30", "B", 76, "A"), ("event", "2026-05-15", "C", 51, "B")]
+    # Every recorded month-end grade equals what the read model computes independently as of that day.
+    month_ends = [r for r in recorded if r["trigger"] == "month_end"]
+    assert len({r["customer_id"] for r in month_ends}) >= 3
+    inputs = ", ".join(GRADING_INPUTS)
+    for row in month_ends:
+        live = grading.computed_grades(connection, policy, row["computed_on"])[row["customer_id"]]
+        stored = connection.execute(
+            f"SELECT {inputs} FROM computed_grades WHERE customer_id = ? AND trigger = 'month_end' "
+            f"AND computed_on = ?", [row["customer_id"], row["computed_on"]]).fetchone()
+        assert (row["grade"], row["score"], *stored) == (
+            live["computed_grade"], live["score"], *(live[name] for name in GRADING_INPUTS)), row
+    # The report shows the latest recorded grade as of the date, with when and why it was computed.
+    report = json.loads(cli(env, "grades", "--as-of", "2026-05-14", "--customer", "G1", "--format", "json").stdout)
+    (g1,) = report["rows"]
+    assert (g1["computed_grade"], g1["computed_on"], g1["trigger"], g1["score"], g1["broken_promises"]) == (
+        "B", "2026-04-30", "month_end", 76, 1)
 
 
 # -- Benchmark hook -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ utilisation_pct 15 over 80..120, broken_promises 15 over 0..3, disputes 10 over 
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from builders import day, dispute_opened, fact, given, of_kind, order_placed, pa
 from ledger import events as e
 from ledger.account import MONTH_END_GRADES_MAX, CreditPolicy
 from ledger.errors import UnknownInvoice
-from ledger.policy import parse_config
+from ledger.policy import divide_half_even, parse_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "arledger.toml"
 GRADING = CreditPolicy(grading=parse_config(CONFIG.read_text()).grading)
@@ -107,3 +108,10 @@ def test_grading_inputs_ignore_a_payment_reversed_by_the_date_and_count_it_befor
     # Before the reversal: the cash applied 30 days late. After: I1 is open again, 38 days past due on 03-10.
     assert account.state.grading_inputs(day("2026-03-05"), 365)["average_days_delinquent"] == 30
     assert account.state.grading_inputs(day("2026-03-10"), 365)["average_days_delinquent"] == 38
+
+
+@pytest.mark.parametrize("numerator, denominator", [
+    (0, 7), (1, 2), (3, 2), (5, 2), (-1, 2), (-3, 2), (29, 2), (7, 3), (-7, 3), (10**18 + 1, 2), (99_999, 100_000),
+])
+def test_integer_half_even_division_equals_rounding_the_exact_fraction(numerator, denominator) -> None:
+    assert divide_half_even(numerator, denominator) == round(Fraction(numerator, denominator))
