@@ -66,8 +66,8 @@ def test_metrics_report_what_the_workers_did(kafka_env: dict[str, str], tmp_path
     assert sample(text, "arledger_records_total", worker="ingest", topic=inbound, outcome="rejected") == 2
     assert sample(text, "arledger_rejects_total", reason="unknown_customer") == 1
     assert sample(text, "arledger_rejects_total", reason="invalid_json") == 1
-    # registration (1) + sale and its item (2): three ledger events, published and applied
-    assert sample(text, "arledger_relay_position") == 3
-    assert sample(text, "arledger_records_total", worker="project", topic=ledger, outcome="applied") == 3
+    # registration (1) + sale, its item and the first computed grade (3): four ledger events, published and applied
+    assert sample(text, "arledger_relay_position") == 4
+    assert sample(text, "arledger_records_total", worker="project", topic=ledger, outcome="applied") == 4
     assert sample(text, "arledger_batch_duration_seconds_count", worker="ingest") >= 1
     assert "arledger_consumer_lag" in text
