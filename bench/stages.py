@@ -176,6 +176,88 @@ def ingest_kafka(settings: Settings, store_url: str, lines: Sequence[bytes]) -> 
              "note": "arledger ingest's producer: idempotent, acks=all, linger 5 ms"})
 
 
+def store_ingest(records: Sequence[InboundRecord], sqlite_url: str) -> dict[str, Any]:
+    """`Ledger.process_batch` (batches of 2,000) over the same records on SQLite and then on PostgreSQL,
+    each into an empty store: the production store's ingest rate next to the default one's.
+
+    PostgreSQL is a throwaway local server from the system's binaries (as the integration tests start it),
+    durable (fsync on, as in production; SQLite's WAL commits are synced too); without the binaries its
+    half is skipped, with the reason."""
+    ledger = Ledger(sqlite_url)
+    try:
+        sqlite = ingest_ledger(ledger, records)
+    finally:
+        ledger.close()
+    figures: dict[str, Any] = {"records": len(records), "batch_records": INGEST_BATCH_RECORDS_MAX,
+                               "sqlite": _store_figures(sqlite)}
+    try:
+        from tests.integration.postgres_server import PostgresServer, server_bin_dir
+    except ImportError as error:  # the source tree without its tests
+        figures["postgresql"] = {"skipped": f"the PostgreSQL test helper is not available: {error}"}
+        return figures
+    bindir = server_bin_dir()
+    if bindir is None:
+        figures["postgresql"] = {"skipped": "PostgreSQL server binaries not found (apt-get install postgresql, "
+                                            "or 'make system-deps')"}
+        return figures
+    import tempfile
+
+    # As root the server runs as `nobody`, who must reach its folder: a world-readable one of its own.
+    root = Path(tempfile.mkdtemp(prefix="arledger-bench-pg-"))
+    os.chmod(root, 0o755)
+    server = PostgresServer(root / "cluster", durable=True)
+    try:
+        server.start()
+        ledger = Ledger(server.create_database("bench"))
+        try:
+            postgresql = ingest_ledger(ledger, records)
+        finally:
+            ledger.close()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    figures["postgresql"] = {**_store_figures(postgresql), "server": f"PostgreSQL {bindir.parent.name}, local, "
+                                                                     "fsync on, over TCP on 127.0.0.1"}
+    figures["ratio_postgresql_to_sqlite"] = (round(postgresql["records_per_s"] / sqlite["records_per_s"], 3)
+                                             if sqlite["records_per_s"] else None)
+    return figures
+
+
+def _store_figures(ingest: dict[str, Any]) -> dict[str, Any]:
+    return {key: ingest[key] for key in ("records", "seconds", "records_per_s", "events", "events_per_s",
+                                         "stored_rows", "outcomes")}
+
+
+# -- Credit decisions ---------------------------------------------------------------------------
+
+
+def decision_latency(settings: Settings, orders_per_s: float, background_per_s: float, seconds: float,
+                     warmup_s: float, customers: int) -> dict[str, Any]:
+    """`consumers.credit_client.measure_decision_latency` (issue 6): order.placed produced → its decision
+    consumed, p50/p99, under a steady background of other events; `arledger run ingest` and `arledger run
+    relay project` as two processes on a topic prefix and home of their own."""
+    from consumers.credit_client import DecisionTimeout, measure_decision_latency
+
+    def measure(settings: Settings) -> dict[str, Any]:
+        return measure_decision_latency(settings, orders_per_s=orders_per_s, background_events_per_s=background_per_s,
+                                        duration_s=seconds, warmup_s=warmup_s, customers=customers)
+
+    try:
+        figures = measure(settings)
+    except DecisionTimeout as timeout:  # e.g. the ingest consumer stalled after joining (see bench.scaling)
+        again = settings_for(settings, settings.home / "again", settings.topic_prefix + "again.")
+        figures = measure(again)
+        figures["repeated_after"] = str(timeout).splitlines()[0]
+    if not figures.get("measured"):
+        raise RuntimeError(f"no decision was measured: {figures}")
+    for name in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        if figures.get(name) is not None:
+            figures[name] = round(figures[name], 1)
+    return {**figures, "note": "latency = order.placed produced (just before send) → its ar.decisions record "
+                               "consumed by the same client; nearest-rank percentiles; the first warmup_s seconds "
+                               "are not counted"}
+
+
 # -- Relay --------------------------------------------------------------------------------------
 
 

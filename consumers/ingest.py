@@ -10,6 +10,15 @@ dedupe). A decision lost to a crash between the ledger commit and its publish
 is re-published when the very same record is redelivered (the receipt
 remembers the offset it came from); an upstream re-send under the same id gets
 no second decision.
+
+The offset commit is sent without waiting for the broker's answer: the worker
+polls and applies the next batch meanwhile (the round trip was a third of a
+checkpoint under light load, time during which no decision went out). Its
+answer is read at the next poll: a commit lost to a rebalance is logged, as
+before; any other failure is retried synchronously — with the offsets of every
+later batch — before the next batch is taken, so a broker that refuses commits
+still stops the worker after the retries. `batch_committed` is logged when the
+broker confirmed the commit; `close()` commits what is unconfirmed, waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import base64
 import datetime as dt
 import gc
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -35,7 +45,7 @@ from arledger.settings import (
 )
 from consumers import clients
 from consumers.faults import crash_point
-from consumers.retry import with_retries
+from consumers.retry import RETRY_ATTEMPTS_MAX, with_retries
 from ledger import events as e
 from ledger.application import InboundRecord, Ledger, Outcome, PoisonRecord
 
@@ -97,6 +107,23 @@ def reject_record(record: Any, outcome: Outcome, rejected_at: str) -> dict[str, 
     }
 
 
+@dataclass
+class _Checkpoint:
+    """A batch whose facts are in the ledger and whose rejects and decisions the broker acknowledged;
+    its offset commit is sent and its answer not read yet."""
+
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    outcomes: list[Outcome]
+    counts: dict[str, int]
+    started: float
+    duration_s: float
+    answered: bool = False
+    answer: Any = None  # the commit's result (None on success with kafka-python 3), or an exception
+
+    def on_answer(self, _: Any, answer: Any) -> None:
+        self.answered, self.answer = True, answer
+
+
 class IngestWorker:
     """Consumes ar.inbound in a consumer group and applies it to the ledger."""
 
@@ -109,11 +136,14 @@ class IngestWorker:
         self.consumer = consumer or clients.group_consumer(
             settings, self.topic, settings.topic(INGEST_GROUP_ID), "arledger-ingest", INGEST_BATCH_RECORDS_MAX)
         self.producer = producer or clients.producer(settings, "arledger-ingest")
+        self._unconfirmed: list[_Checkpoint] = []  # commits sent, in order, whose answer was not read yet
         tune_garbage_collector()
 
     def run_once(self, timeout_ms: int) -> int:
-        """Poll one bounded batch and take it through a whole checkpoint; returns the records handled."""
+        """Poll one bounded batch and take it through its checkpoint, the offset commit sent but not
+        waited for (its answer is read at the next poll); returns the records handled."""
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=INGEST_BATCH_RECORDS_MAX)
+        self._read_commit_answers()  # the poll ran the callbacks of the commits answered so far
         records = [record for partition_records in polled.values() for record in partition_records]
         if not records:
             return 0
@@ -127,14 +157,48 @@ class IngestWorker:
         offsets = {}
         for record in records:
             offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
-        if not with_retries(lambda: self._commit(offsets), "offset commit"):
-            return len(records)
-        if self.metrics:
-            self.metrics.observe_ingest(self.topic, outcomes, time.perf_counter() - started)
-        log.info("batch_committed", worker="ingest", topic=self.topic, records=len(records),
-                 offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()},
-                 duration_ms=round((time.perf_counter() - started) * 1000, 1), **counts)
+        checkpoint = _Checkpoint(offsets, outcomes, counts, started, time.perf_counter() - started)
+        self._unconfirmed.append(checkpoint)
+        self.consumer.commit_async(offsets, callback=checkpoint.on_answer)
         return len(records)
+
+    def _read_commit_answers(self) -> None:
+        """Log the batches whose commit the broker confirmed, in order; on a failed commit other than
+        a rebalance, commit again — synchronously, with retries — with the offsets of that batch and
+        every later one (a later commit never goes backwards)."""
+        while self._unconfirmed and self._unconfirmed[0].answered:
+            checkpoint = self._unconfirmed.pop(0)
+            if not isinstance(checkpoint.answer, Exception):
+                self._committed(checkpoint)
+            elif isinstance(checkpoint.answer, (CommitFailedError, RebalanceInProgressError)):
+                self._lost_to_rebalance(checkpoint.offsets, checkpoint.answer)
+            else:
+                log.warning("commit_failed", worker="ingest", topic=self.topic, error=repr(checkpoint.answer))
+                self._commit_unconfirmed((checkpoint,))
+
+    def _commit_unconfirmed(self, first: tuple[_Checkpoint, ...] = (), *,
+                            attempts_max: int = RETRY_ATTEMPTS_MAX) -> None:
+        """Commit `first` and every unconfirmed batch synchronously, with retries; then they are confirmed.
+        Only partitions still assigned: after a rebalance another member owns the others and redelivers
+        their records (no-ops), and an offset of ours could move its commits backwards."""
+        checkpoints = [*first, *self._unconfirmed]
+        self._unconfirmed = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for checkpoint in checkpoints:
+            offsets.update(checkpoint.offsets)  # later batches hold later offsets of a partition
+        owned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in offsets.items() if tp in owned}
+        if offsets and with_retries(lambda: self._commit(offsets), "offset commit", attempts_max=attempts_max):
+            for checkpoint in checkpoints:
+                self._committed(checkpoint)
+
+    def _committed(self, checkpoint: _Checkpoint) -> None:
+        if self.metrics:
+            self.metrics.observe_ingest(self.topic, checkpoint.outcomes, checkpoint.duration_s)
+        log.info("batch_committed", worker="ingest", topic=self.topic, records=len(checkpoint.outcomes),
+                 offsets={f"{tp.partition}": om.offset for tp, om in checkpoint.offsets.items()},
+                 duration_ms=round(checkpoint.duration_s * 1000, 1),
+                 confirmed_ms=round((time.perf_counter() - checkpoint.started) * 1000, 1), **checkpoint.counts)
 
     def _apply_isolating_poison(self, inbound: list[InboundRecord]) -> list[Outcome]:
         """process_batch with retries; a record that makes the ledger's code fail is set aside as
@@ -165,10 +229,13 @@ class IngestWorker:
         try:
             self.consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError) as error:
-            log.warning("commit_lost_to_rebalance", worker="ingest", topic=self.topic, error=repr(error),
-                        offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()})
+            self._lost_to_rebalance(offsets, error)
             return False
         return True
+
+    def _lost_to_rebalance(self, offsets: dict[TopicPartition, OffsetAndMetadata], error: BaseException) -> None:
+        log.warning("commit_lost_to_rebalance", worker="ingest", topic=self.topic, error=repr(error),
+                    offsets={f"{tp.partition}": om.offset for tp, om in offsets.items()})
 
     def _publish_effects(self, records: list[Any], outcomes: list[Outcome]) -> dict[str, int]:
         counts = {"accepted": 0, "rejected": 0, "duplicate": 0, "decisions": 0}
@@ -205,6 +272,10 @@ class IngestWorker:
                 for event in events if isinstance(event, e.OrderDecided)]
 
     def close(self) -> None:
+        try:
+            self._commit_unconfirmed(attempts_max=1)  # waits: a clean stop leaves nothing to redeliver
+        except Exception as error:  # noqa: BLE001 - the broker is away: those batches are redelivered, as no-ops
+            log.warning("final_commit_failed", worker="ingest", topic=self.topic, error=repr(error))
         self.consumer.close(autocommit=False)
         self.producer.close(timeout=10)
 

@@ -22,6 +22,12 @@ the same run on the same broker:
   rebuild    events/s of 'arledger rebuild' over at least --rebuild-events
   latency    end-to-end p50/p99 (inbound produced -> in customer_balances) at a
              fixed offered rate
+  workers    ingest and projector throughput of 'arledger run --workers N' for
+             N = 1, 2, 4 on 12 partitions (--worker-counts), each vs N = 1
+  store      Ledger.process_batch records/s on PostgreSQL (a throwaway local
+             server; skipped without its binaries) vs SQLite, same records
+  decisions  credit-decision latency p50/p99 (order.placed produced -> decision
+             consumed) at 200 orders/s with 2,000 other events/s
   aging      aging report latency at 10k / 100k / 1M open items
 Machine facts (cores, versions, load) are recorded beside the figures. A
 missed target names its shortfall and the top of a profile of that stage.
@@ -34,6 +40,7 @@ examples:
   arledger bench                          # the default sizes: several minutes on 2 cores
   arledger bench --quick                  # seconds: a smoke run for CI (figures meaningless)
   arledger bench --customers 2000 --rebuild-events 2000000 --out /tmp/b.json
+  arledger bench --only workers,store,decisions   # some stages only
   arledger bench --markdown bench/results/latest.json   # print the README section of a results file
 """
 
@@ -52,7 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latency-seconds", type=float, metavar="S", help="how long to offer load for the latency")
     parser.add_argument("--latency-rate", type=int, metavar="R", help="offered inbound records/s for the latency")
     parser.add_argument("--aging-items", metavar="N,N,...", help="open-item counts for the aging latency")
-    parser.add_argument("--only", metavar="STAGE,...", help="run only these stages (see above; baselines included)")
+    parser.add_argument("--worker-counts", metavar="N,N,...",
+                        help="worker process counts of the workers stage, the first being the baseline (default 1,2,4)")
+    parser.add_argument("--decision-seconds", type=float, metavar="S",
+                        help="how long to offer orders and other events for the decision latency (default 20)")
+    parser.add_argument("--only", metavar="STAGE,...",
+                        help="run only these stages: ingest, relay, project, rebuild, latency, workers, store, "
+                             "decisions, aging (baselines included)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile stages that miss their target")
     parser.add_argument("--markdown", type=Path, metavar="FILE.json",
                         help="print the README 'Performance' section of a results file and exit")

@@ -17,6 +17,7 @@ from consumers import broker
 sys.path.insert(0, str(REPO_ROOT))  # bench/ is a tool of the source tree, as `arledger bench` loads it
 from bench import report  # noqa: E402
 from bench.harness import BASELINE_KEYS, STAGE_KEYS  # noqa: E402
+from tests.integration.postgres_server import server_bin_dir  # noqa: E402
 
 BENCH_TIMEOUT_S = 900
 TARGET_NAMES = {name for name, *_ in report.TARGETS}
@@ -66,6 +67,31 @@ def test_quick_bench_writes_valid_json_with_every_key(quick_run) -> None:
     assert {target["name"] for target in results["targets"]} == TARGET_NAMES
     assert {"p50_ms", "p99_ms"} <= set(results["stages"]["e2e_latency"]["committed"])
     assert results["stages"]["aging"] and all("ms_median" in size for size in results["stages"]["aging"].values())
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_the_workers_store_and_decision_stages(quick_run) -> None:
+    result, out, _, _ = quick_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stages = json.loads(out.read_text())["stages"]
+
+    workers = stages["workers"]
+    assert workers["partitions"] == 12 and set(workers["by_workers"]) == {"1", "2", "4"}
+    by_workers = workers["by_workers"].values()
+    assert all(one["ingest_records_per_s"] and one["projector_events_per_s"] for one in by_workers)
+    assert all(one["ingest_records_handled"] >= one["records"] == workers["records"] for one in by_workers)
+    # the same records from the beginning for every N: the same ledger, whatever the process count
+    assert len({one["ledger_events"] for one in by_workers}) == 1 and workers["by_workers"]["1"]["ledger_events"] > 0
+    store = stages["store"]
+    assert store["sqlite"]["records_per_s"] > 0
+    assert store["sqlite"]["outcomes"]["accepted"] > 0
+    if server_bin_dir() is None:
+        assert "skipped" in store["postgresql"]
+    else:
+        assert store["postgresql"]["outcomes"] == store["sqlite"]["outcomes"]  # same records, same verdicts
+    decisions = stages["decision_latency"]
+    assert decisions["missing"] == 0 and decisions["measured"] > 0
+    assert decisions["p50_ms"] <= decisions["p99_ms"] <= decisions["max_ms"]
 
 
 @pytest.mark.slow

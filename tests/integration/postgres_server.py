@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        """`durable`: fsync on, as in production (the benchmark); tests run without it, for speed."""
         bindir = server_bin_dir()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found: run 'make system-deps' (apt-get install postgresql)")
@@ -41,6 +42,7 @@ class PostgresServer:
         self.user = "arledger"
         self.password = "arledger"
         self._as_nobody = os.geteuid() == 0
+        self.durable = durable
 
     def _run(self, *command: str) -> None:
         kwargs: dict = {"check": True, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
@@ -61,7 +63,8 @@ class PostgresServer:
                   "--pwfile", str(password_file), "-E", "UTF8", "--no-sync")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
                   "-t", str(START_TIMEOUT_S), "-o",
-                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=50", "start")
+                  f"-h 127.0.0.1 -p {self.port} -k {self.root}{'' if self.durable else ' -c fsync=off'} "
+                  "-c max_connections=50", "start")
         return self
 
     def stop(self) -> None:

@@ -196,11 +196,15 @@ def test_an_ingest_worker_dropped_from_its_group_mid_batch_carries_on(kafka_sett
         assert time.monotonic() - started < 10  # no blind commit retries (they took ~30 s, then the worker died)
         ledger.process_batch = save
         wait_until(lambda: worker.run_once(500) > 0, "the order again, after the worker rejoined")
-        with admin_client(kafka_settings) as admin:
-            committed = admin.list_group_offsets(group)[group]
         end = end_offsets(kafka_settings, kafka_settings.topic(TOPIC_INBOUND))
-        assert {tp.partition: om.offset for tp, om in committed.items() if om.offset >= 0} == \
-            {p: offset for p, offset in end.items() if offset}
+
+        def committed_to_the_end() -> bool:  # the worker sends its commit without waiting for the answer
+            with admin_client(kafka_settings) as admin:
+                committed = admin.list_group_offsets(group)[group]
+            return {tp.partition: om.offset for tp, om in committed.items() if om.offset >= 0} == \
+                {p: offset for p, offset in end.items() if offset}
+
+        wait_until(committed_to_the_end, "the redelivered batch's offsets committed")
         # Stored once; its decision published again on redelivery, the very same record.
         assert [event.envelope_id for event in ledger.stored_events("D1")] == ["d1-reg", "d1-o1", "d1-o1"]
         decisions = [record.value for record in read_topic(kafka_settings, TOPIC_DECISIONS, at_least=2)]
