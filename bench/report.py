@@ -86,8 +86,8 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "the same on SQLite, same run", sqlite_rate))
     decisions = _get(stages, "decision_latency") or {}
     if "p99_ms" in decisions:
-        load = (f"{decisions.get('orders_per_s', 0):,.0f} orders/s with {decisions.get('background_events_per_s', 0):,.0f} "
-                "other events/s")
+        load = (f"{decisions.get('orders_per_s', 0):,.0f} orders/s with "
+                f"{decisions.get('background_events_per_s', 0):,.0f} other events/s")
         rows.append((f"credit decision p50 (order.placed produced → decision consumed), {load}",
                      decisions.get("p50_ms"), "ms", None, None))
         rows.append((f"credit decision p99, {load}", decisions.get("p99_ms"), "ms", None, None))
@@ -112,8 +112,8 @@ def _workers_rows(workers: dict[str, Any]) -> list[tuple]:
             if count == first_count:
                 rows.append((text, figures.get(name), unit, None, None))
             else:
-                rows.append((text, figures.get(name), unit, f"{first_count} process{'' if first_count == '1' else 'es'}",
-                             first.get(name)))
+                baseline = f"{first_count} process{'' if first_count == '1' else 'es'}"
+                rows.append((text, figures.get(name), unit, baseline, first.get(name)))
     return rows
 
 

@@ -50,7 +50,6 @@ STOP_TIMEOUT_S = 60.0
 INGEST_STALL_S = 20.0
 COMMIT_LINE_WAIT_S = 3.0
 
-
 STALL_NOTE = ("a kafka-python 3.0.12 group consumer that lost the completion of its second join (no partitions, "
               "no heartbeat, dropped by the broker); measured again on fresh topics")
 
@@ -58,7 +57,7 @@ STALL_NOTE = ("a kafka-python 3.0.12 group consumer that lost the completion of 
 class IngestStalled(RuntimeError):
     """The ingest processes committed nothing for INGEST_STALL_S while records were waiting.
 
-    Seen here about once in 10-25 starts on a loaded machine: kafka-python 3.0.12 loses the completion
+    Seen here in about one start of `run` in 25: kafka-python 3.0.12 loses the completion
     of a second join that follows the first at once (the first assignment is empty when the leader has
     no metadata for the topic yet): the consumer never takes its partitions nor re-enables its
     heartbeat, the broker drops it after the session timeout, and it polls nothing for ever. The
@@ -249,7 +248,8 @@ def one(base: Settings, home: Path, prefix: str, lines: Sequence[bytes], workers
     launched = time.time()
     supervisor = _start(["run", "--workers", str(workers), "--log-level", "info"], env_for(settings), log_path)
     try:
-        ingest_done_at, ingest_done_from = _wait_ingested(settings, log, inbound_end, timeout_s, workers, [supervisor], log_path)
+        ingest_done_at, ingest_done_from = _wait_ingested(settings, log, inbound_end, timeout_s, workers,
+                                                          [supervisor], log_path)
         ledger = Ledger(settings.store_url)
         try:  # the ingest is over: what the store holds is final; wait for the relay to publish all of it
             _wait(ledger.relay_caught_up, timeout_s, "the relay", [supervisor], log_path)
@@ -273,7 +273,8 @@ def one(base: Settings, home: Path, prefix: str, lines: Sequence[bytes], workers
         "workers": workers, "records": len(lines), "ledger_events": ledger_events,
         "startup_s": round(ingest_start - launched, 2),
         "ingest_seconds": round(ingest_s, 3), "ingest_records_per_s": _rate(len(lines), ingest_s),
-        "ingest_records_handled": log.ingest_handled, "ingest_done_from": ingest_done_from, "commits_lost_to_rebalance": log.lost_commits,
+        "ingest_records_handled": log.ingest_handled, "ingest_done_from": ingest_done_from,
+        "commits_lost_to_rebalance": log.lost_commits,
         "pipeline_seconds": round(pipeline_s, 3), "pipeline_events_per_s": _rate(ledger_events, pipeline_s),
         **projector,
     }
@@ -293,7 +294,8 @@ def _projector_alone(settings: Settings, home: Path, workers: int, ledger_end: d
             log.update()
             return log.project_done_at(ledger_end) is not None
 
-        _wait(projected, timeout_s, f"{sum(ledger_end.values()):,} ledger events folded by {workers} shard(s)", shards, log_path)
+        _wait(projected, timeout_s, f"{sum(ledger_end.values()):,} ledger events folded by {workers} shard(s)",
+              shards, log_path)
     finally:
         _stop(shards)
     start = min(log.started["project"])
