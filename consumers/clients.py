@@ -16,15 +16,16 @@ HEARTBEAT_INTERVAL_MS = 2_000
 METADATA_WAIT_S = 30.0
 
 
-def producer(settings: Settings, client_id: str) -> KafkaProducer:
-    """Idempotent producer, acks from all in-sync replicas: at-least-once without reordering."""
+def producer(settings: Settings, client_id: str, *, linger_ms: int = PRODUCER_LINGER_MS) -> KafkaProducer:
+    """Idempotent producer, acks from all in-sync replicas: at-least-once without reordering.
+    `linger_ms` 0 for a sender that waits for each record's answer (an order waiting for its decision)."""
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.client_id(client_id.removeprefix("arledger-")),
         **settings.kafka_security(),
         acks="all",
         enable_idempotence=True,
-        linger_ms=PRODUCER_LINGER_MS,
+        linger_ms=linger_ms,
         batch_size=PRODUCER_BATCH_BYTES,
         max_in_flight_requests_per_connection=5,
         retries=2_147_483_647,

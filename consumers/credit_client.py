@@ -32,6 +32,8 @@ from consumers import clients
 from consumers.topics import ensure_topics
 
 POLL_MS = 5  # short polls: the waiting thread sees a decision within a few ms of its arrival
+ORDER_LINGER_MS = 0  # an order is sent at once: its sender waits for the decision (linger would add up to 5 ms)
+BACKGROUND_LINGER_MS = 20  # the benchmark's bulk feeds (sales, payments) batch as upstream feeds do
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
 
@@ -64,7 +66,7 @@ class CreditClient:
     def __init__(self, settings: Settings, *, client_id: str = "arledger-credit-client") -> None:
         self.settings = settings
         ensure_topics(settings)
-        self.producer = clients.producer(settings, client_id)
+        self.producer = clients.producer(settings, client_id, linger_ms=ORDER_LINGER_MS)
         self.consumer: KafkaConsumer = clients.assigned_consumer(settings, client_id, 5_000)
         self._kinds = {settings.topic(TOPIC_DECISIONS): "decision", settings.topic(TOPIC_REJECTED): "rejected"}
         partitions: list[TopicPartition] = []
@@ -185,7 +187,9 @@ def measure_decision_latency(settings: Settings, *, orders_per_s: float = 200.0,
     With `start_workers`, runs `arledger run ingest` and `arledger run relay project` as two processes on
     `settings` (a fresh home and topic prefix are best), registers `customers`, then for `duration_s`
     sends orders at `orders_per_s` and sales/payments at `background_events_per_s`. Returns p50/p90/p99/max
-    in ms and the counts; the first `warmup_s` seconds are not counted.
+    in ms and the counts; the first `warmup_s` seconds are not counted. Orders go out at once (linger 0,
+    as an order system waiting for each answer sends them); the background goes through a second producer
+    that batches (linger BACKGROUND_LINGER_MS), as bulk upstream feeds do.
     """
     ensure_topics(settings)
     workers: list[subprocess.Popen[bytes]] = []
@@ -280,9 +284,9 @@ def _measure(client: CreditClient, orders_per_s: float, background_per_s: float,
             envelope = {"id": f"P{run}-{n}", "type": "payment.received", "time": time_iso,
                         "customer_id": customer_id, "data": {"payment_id": f"P{run}-{n}", "amount": 1_000,
                                                              "currency": "EUR", "received_on": business_date}}
-        client.producer.send(client.settings.topic(TOPIC_INBOUND), key=customer_id.encode(),
-                             value=_json.encode(envelope))
+        feeds.send(client.settings.topic(TOPIC_INBOUND), key=customer_id.encode(), value=_json.encode(envelope))
 
+    feeds = clients.producer(client.settings, "arledger-bench-feeds", linger_ms=BACKGROUND_LINGER_MS)
     consumer_thread = threading.Thread(target=consume, name="bench-consumer", daemon=True)
     background_count: list[int] = []
     background_thread = threading.Thread(
@@ -293,6 +297,7 @@ def _measure(client: CreditClient, orders_per_s: float, background_per_s: float,
     orders_sent = _paced(orders_per_s, duration_s, order, stop)
     background_thread.join()
     client.producer.flush()
+    feeds.close(timeout=10)
     deadline = time.perf_counter() + 30
     while sent_at and time.perf_counter() < deadline:
         time.sleep(0.05)
