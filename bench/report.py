@@ -101,14 +101,16 @@ def _workers_rows(workers: dict[str, Any]) -> list[tuple]:
     by_workers = workers.get("by_workers") or {}
     if not by_workers:
         return []
-    partitions = workers.get("partitions", "?")
+    partitions = f"{workers.get('partitions', '?')} partitions"
+    store = f", {workers['store']}" if workers.get("store") else ""
     first_count = str((workers.get("counts") or [1])[0])
     first = by_workers.get(first_count) or {}
     rows = []
-    for name, unit, label in (("ingest_records_per_s", "records/s", "ingest via Kafka, `run --workers {n}`"),
-                              ("projector_events_per_s", "events/s", "projector on Kafka, {n} shard process{es}")):
+    labels = (("ingest_records_per_s", "records/s", "ingest via Kafka, `run --workers {n}` ({p}{s})"),
+              ("projector_events_per_s", "events/s", "projector on Kafka, {n} shard process{es} ({p})"))
+    for name, unit, label in labels:
         for count, figures in sorted(by_workers.items(), key=lambda item: int(item[0])):
-            text = label.format(n=count, es="" if count == "1" else "es") + f" ({partitions} partitions)"
+            text = label.format(n=count, es="" if count == "1" else "es", p=partitions, s=store)
             if count == first_count:
                 rows.append((text, figures.get(name), unit, None, None))
             else:
@@ -249,10 +251,27 @@ def markdown(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", "What limits the missed figures (from the profiles and stage figures in the results file):", ""]
         lines += [f"- {note}" for note in notes]
+    repeated = _repeated(results)
+    if repeated:
+        lines += ["", "Measured a second time on fresh topics (the first attempt is not in the figures):", ""]
+        lines += [f"- {what}: {why}" for what, why in repeated]
     lines += ["", "Reproduce: `make bench` (or `arledger bench [--quick] [--out FILE]`; `arledger bench --help` "
                   "lists the sizes). The full figures, profiles included, are in `bench/results/latest.json`; "
                   "`bench/results/reference.json` is the run shown here.", ""]
     return "\n".join(line for line in lines)
+
+
+def _repeated(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """Stages whose first attempt stalled and were measured again (`repeated_after` in their figures)."""
+    stages = results.get("stages", {})
+    found = []
+    for count, figures in sorted((_get(stages, "workers", "by_workers") or {}).items(), key=lambda item: int(item[0])):
+        if isinstance(figures, dict) and figures.get("repeated_after"):
+            found.append((f"`run --workers {count}`", figures["repeated_after"]))
+    decisions = _get(stages, "decision_latency", "repeated_after")
+    if decisions:
+        found.append(("credit decision latency", decisions))
+    return found
 
 
 def _load_sentence(machine: dict[str, Any]) -> str:

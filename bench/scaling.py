@@ -330,10 +330,12 @@ def scaling(base: Settings, home: Path, prefix: str, lines: Sequence[bytes],
                                    if figures.get(name) and first.get(name) else None)
     return {
         "partitions": SCALING_PARTITIONS, "counts": list(counts), "cores": os.cpu_count(),
+        "store": "SQLite",  # settings_for: one file per N, shared by its N ingest processes (one writer at a time)
         "records": len(lines), "by_workers": by_workers,
         "note": "each N on a fresh topic prefix and home (same records from the beginning); ingest timed in "
                 "'arledger run --workers N' from the first ingest process's start to the commit of the last "
                 "inbound offset; projector timed with N shard processes alone over the complete ar.ledger of "
                 "that run; pipeline = the same run until the projections held every ledger event. On "
-                f"{os.cpu_count()} cores the processes share the CPUs",
+                f"{os.cpu_count()} cores the processes share the CPUs, and the N ingest processes share one SQLite "
+                "file, whose writes take turns on its lock",
     }

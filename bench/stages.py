@@ -247,7 +247,7 @@ def decision_latency(settings: Settings, orders_per_s: float, background_per_s: 
     except DecisionTimeout as timeout:  # e.g. the ingest consumer stalled after joining (see bench.scaling)
         again = settings_for(settings, settings.home / "again", settings.topic_prefix + "again.")
         figures = measure(again)
-        figures["repeated_after"] = str(timeout).splitlines()[0]
+        figures["repeated_after"] = repeat_reason(str(timeout))
     if not figures.get("measured"):
         raise RuntimeError(f"no decision was measured: {figures}")
     for name in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
@@ -256,6 +256,14 @@ def decision_latency(settings: Settings, orders_per_s: float, background_per_s: 
     return {**figures, "note": "latency = order.placed produced (just before send) → its ar.decisions record "
                                "consumed by the same client; nearest-rank percentiles; the first warmup_s seconds "
                                "are not counted"}
+
+
+def repeat_reason(timeout: str) -> str:
+    """Why the decision latency was measured again, from the first attempt's DecisionTimeout message."""
+    first = timeout.splitlines()[0].split("; is 'arledger run'")[0]
+    workers = "every worker still running" if "all running" in timeout else "a worker had exited"
+    return (f"the first attempt got {first} ({workers}): the symptom of the ingest group stall described in "
+            "bench/scaling.py (IngestStalled)")
 
 
 # -- Relay --------------------------------------------------------------------------------------

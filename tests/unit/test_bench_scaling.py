@@ -94,3 +94,13 @@ def test_a_missed_decision_target_says_what_limits_it() -> None:
     [note] = notes(results)
 
     assert note.startswith("credit-decision p99") and "2,200 records/s" in note and "8,000 records/s" in note
+
+
+def test_a_repeated_measurement_is_said_in_the_readme_section() -> None:
+    results = json.loads(json.dumps(RESULTS))
+    results["stages"]["workers"]["by_workers"]["2"]["repeated_after"] = "the ingest stalled"
+    results["stages"]["decision_latency"]["repeated_after"] = "no decision in time"
+
+    assert report._repeated(results) == [("`run --workers 2`", "the ingest stalled"),
+                                         ("credit decision latency", "no decision in time")]
+    assert report._repeated(RESULTS) == []
