@@ -70,7 +70,8 @@ class CpuSampler(threading.Thread):
     def middle_half_percent(self) -> dict[str, float]:
         if len(self.samples) < 4:
             return {}
-        (t0, ours0, busy0), (t1, ours1, busy1) = self.samples[len(self.samples) // 4], self.samples[3 * len(self.samples) // 4]
+        t0, ours0, busy0 = self.samples[len(self.samples) // 4]
+        t1, ours1, busy1 = self.samples[3 * len(self.samples) // 4]
         percent = {name: round(100 * (ours1[name] - ours0[name]) / (t1 - t0)) for name in self.pids}
         percent["everything_else"] = round(100 * ((busy1 - busy0) - sum(ours1[n] - ours0[n] for n in self.pids))
                                            / (t1 - t0))
