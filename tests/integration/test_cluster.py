@@ -67,10 +67,10 @@ def free_base_port() -> int:
     raise RuntimeError(f"no {PORTS_NEEDED} consecutive free ports in {PORT_MIN}-{PORT_MAX}")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """Three brokers with a SASL_SSL listener (mutual TLS); every node stopped at the end, whatever happened."""
-    home = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def secure_cluster(home: Path) -> Iterator[LocalCluster]:
+    """Three brokers with a SASL_SSL listener (mutual TLS, SCRAM user USER with a random password); every node
+    stopped at the end, whatever happened."""
     security = ClusterSecurity(tls=throwaway_tls(home / "tls"), users={USER: uuid.uuid4().hex}, client_auth=True)
     local = LocalCluster(home, free_base_port(), security=security)
     try:
@@ -78,6 +78,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with secure_cluster(tmp_path_factory.mktemp("cluster")) as local:
+        yield local
 
 
 def secure_env(cluster: LocalCluster, home: Path, prefix: str, **overrides: str) -> dict[str, str]:

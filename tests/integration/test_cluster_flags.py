@@ -23,11 +23,11 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from arledger.settings import ALL_TOPICS, KAFKA_OPTIONS, PASSWORD_FILE_VARIABLE, PASSWORD_VARIABLE, Settings
-from consumers.cluster import ClusterSecurity, LocalCluster, throwaway_tls
+from consumers.cluster import LocalCluster
 from consumers.ingest import INGEST_GROUP_ID
 from consumers.topics import admin_client
 from helpers import ARLEDGER, cli, envelope, report, write_jsonl
-from test_cluster import USER, free_base_port
+from test_cluster import USER, free_base_port, secure_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -40,15 +40,8 @@ POLL_S = 0.2
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """Three brokers with a SASL_SSL listener (mutual TLS); every node stopped at the end, whatever happened."""
-    home = tmp_path_factory.mktemp("cluster-flags")
-    security = ClusterSecurity(tls=throwaway_tls(home / "tls"), users={USER: uuid.uuid4().hex}, client_auth=True)
-    local = LocalCluster(home, free_base_port(), security=security)
-    try:
-        local.start()
+    with secure_cluster(tmp_path_factory.mktemp("cluster-flags")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def environment_without_kafka(home: Path) -> dict[str, str]:
