@@ -18,7 +18,6 @@ from msgspec import Struct, field
 
 from ledger import contract as c
 from ledger import events as e
-from ledger.policy import PROMISE_BROKEN, GradingPolicy, average_days, basis_points, promise_status, utilisation_pct
 from ledger.errors import (
     AllocationExceedsOpen,
     AlreadyReversed,
@@ -34,6 +33,7 @@ from ledger.errors import (
     UnknownOrder,
     UnknownPayment,
 )
+from ledger.policy import PROMISE_BROKEN, GradingPolicy, average_days, basis_points, promise_status, utilisation_pct
 
 START_OF_TIME = dt.date.min  # registration values hold from the start of time (§8)
 MONTH_END_GRADES_MAX = 24  # a fact after a long silence records at most this many missed month-end grades
