@@ -191,7 +191,7 @@ def store_ingest(records: Sequence[InboundRecord], sqlite_url: str) -> dict[str,
     figures: dict[str, Any] = {"records": len(records), "batch_records": INGEST_BATCH_RECORDS_MAX,
                                "sqlite": _store_figures(sqlite)}
     try:
-        from tests.integration.postgres_server import PostgresServer, server_bin_dir
+        from tests.integration.postgres_server import PostgresServer, server_bin_dir, server_folder
     except ImportError as error:  # the source tree without its tests
         figures["postgresql"] = {"skipped": f"the PostgreSQL test helper is not available: {error}"}
         return figures
@@ -200,11 +200,7 @@ def store_ingest(records: Sequence[InboundRecord], sqlite_url: str) -> dict[str,
         figures["postgresql"] = {"skipped": "PostgreSQL server binaries not found (apt-get install postgresql, "
                                             "or 'make system-deps')"}
         return figures
-    import tempfile
-
-    # As root the server runs as `nobody`, who must reach its folder: a world-readable one of its own.
-    root = Path(tempfile.mkdtemp(prefix="arledger-bench-pg-"))
-    os.chmod(root, 0o755)
+    root = server_folder("arledger-bench-pg-")
     server = PostgresServer(root / "cluster", durable=True)
     try:
         server.start()

@@ -134,15 +134,11 @@ def kafka_env(kafka_settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["PostgresServer"]:
     """A real PostgreSQL server (Debian's binaries) on 127.0.0.1 for the session, stopped at the end."""
-    from tests.integration.postgres_server import PostgresServer
+    from tests.integration.postgres_server import PostgresServer, server_folder
 
     import shutil
-    import tempfile
 
-    # As root the server runs as `nobody`, who must reach its folder: pytest's and CI's temp
-    # folders are private (0700), so the cluster lives in a folder of its own under /tmp.
-    root = Path(tempfile.mkdtemp(prefix="arledger-pg-", dir="/tmp"))
-    os.chmod(root, 0o755)
+    root = server_folder("arledger-pg-")
     server = PostgresServer(root / "cluster")
     try:
         server.start()

@@ -12,6 +12,7 @@ import os
 import pwd
 import socket
 import subprocess
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def free_port() -> int:
     with closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def server_folder(prefix: str) -> Path:
+    """A new folder for a server's files that `nobody` can reach: as root the server runs as `nobody`, and
+    pytest's and CI's temporary folders are private (0700), so it lives in a world-readable folder of its
+    own directly under /tmp. The caller removes it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(root, 0o755)
+    return root
 
 
 class PostgresServer:
