@@ -11,6 +11,7 @@ nothing.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -230,18 +231,10 @@ class AccountState(Struct, kw_only=True):
         start = as_of - dt.timedelta(days=window_days - 1) if as_of.toordinal() > window_days else dt.date.min
         items = self.items
         base = weighted = 0
-        live_payments = []
-        for payment in self.payments.values():
-            if payment.reversed_on is not None and payment.reversed_on <= as_of:
-                continue
-            live_payments.append(payment)
-            for invoice_id, installment, amount, effective_on in payment.allocations:
-                if start <= effective_on <= as_of:
-                    base += amount
-                    due_on = items[item_key(invoice_id, installment)].due_on
-                    if effective_on > due_on:
-                        weighted += amount * (effective_on - due_on).days
-        for invoice_id, installment, amount, effective_on in self.item_write_offs:
+        live_payments = [payment for payment in self.payments.values()
+                         if payment.reversed_on is None or payment.reversed_on > as_of]
+        settled = (allocation for payment in live_payments for allocation in payment.allocations)
+        for invoice_id, installment, amount, effective_on in itertools.chain(settled, self.item_write_offs):
             if start <= effective_on <= as_of:
                 base += amount
                 due_on = items[item_key(invoice_id, installment)].due_on
