@@ -35,7 +35,7 @@ from arledger.settings import (
     Settings,
 )
 from consumers import clients
-from consumers.publisher import probe
+from consumers.publisher import end_offsets, probe
 from ledger.application import InboundRecord, Ledger
 from projections import schema
 from projections.fold import apply_batch, stored_offsets
@@ -285,15 +285,6 @@ def relay(settings: Settings, ledger: Ledger) -> dict[str, Any]:
 
 
 # -- Consuming: the baselines -------------------------------------------------------------------
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = clients.assigned_consumer(settings, "arledger-bench-offsets", 1)
-    try:
-        partitions = clients.partitions_of(consumer, topic)
-        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
-    finally:
-        consumer.close()
 
 
 def raw_consume(settings: Settings, topic: str, keep: bool = False) -> tuple[dict[str, Any], list[bytes]]:
