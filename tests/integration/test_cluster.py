@@ -57,6 +57,17 @@ AS_OF = "2026-06-30"
 ISR_TIMEOUT_S = 90.0  # the restarted broker catches up and rejoins every in-sync replica set
 
 
+# A registration, a sale and a part payment: what the pipeline tests send over SASL_SSL.
+PIPELINE_FACTS = [
+    envelope("reg-1", "customer.registered", "C1", "2026-01-05",
+             {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}),
+    envelope("sale-1", "sale.recorded", "C1", "2026-01-10",
+             {"invoice_id": "INV-1", "amount": 40_000, "currency": "EUR", "issued_on": "2026-01-10"}),
+    envelope("pay-1", "payment.received", "C1", "2026-02-01",
+             {"payment_id": "PAY-1", "amount": 15_000, "currency": "EUR", "received_on": "2026-02-01"}),
+]
+
+
 def free_base_port() -> int:
     """A port B such that B … B+8 are free on 127.0.0.1."""
     rng = random.Random()
@@ -149,14 +160,7 @@ def test_topics_and_a_round_trip_over_sasl_ssl_configured_by_environment_only(
 
 def test_the_whole_pipeline_runs_over_sasl_ssl(cluster: LocalCluster, tmp_path: Path) -> None:
     env = secure_env(cluster, tmp_path, f"t{uuid.uuid4().hex[:8]}.", ARLEDGER_KAFKA_SASL_MECHANISM="PLAIN")
-    facts = write_jsonl(tmp_path / "facts.jsonl", [
-        envelope("reg-1", "customer.registered", "C1", "2026-01-05",
-                 {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}),
-        envelope("sale-1", "sale.recorded", "C1", "2026-01-10",
-                 {"invoice_id": "INV-1", "amount": 40_000, "currency": "EUR", "issued_on": "2026-01-10"}),
-        envelope("pay-1", "payment.received", "C1", "2026-02-01",
-                 {"payment_id": "PAY-1", "amount": 15_000, "currency": "EUR", "received_on": "2026-02-01"}),
-    ])
+    facts = write_jsonl(tmp_path / "facts.jsonl", PIPELINE_FACTS)
     cli(env, "topics", "ensure")
     workers = Workers(env, log_path=tmp_path / "workers.log")
     try:

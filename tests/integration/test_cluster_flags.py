@@ -26,8 +26,8 @@ from arledger.settings import ALL_TOPICS, KAFKA_OPTIONS, PASSWORD_FILE_VARIABLE,
 from consumers.cluster import LocalCluster
 from consumers.ingest import INGEST_GROUP_ID
 from consumers.topics import admin_client
-from helpers import ARLEDGER, cli, envelope, report, write_jsonl
-from test_cluster import USER, free_base_port, secure_cluster
+from helpers import ARLEDGER, cli, report, write_jsonl
+from test_cluster import PIPELINE_FACTS, USER, free_base_port, secure_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -96,14 +96,7 @@ def test_every_kafka_setting_by_flags_reaches_topics_and_the_children_of_run_wor
     for name in ALL_TOPICS:
         assert configs["topic"][settings.topic(name)]["min.insync.replicas"]["value"] == "2", name
 
-    facts = write_jsonl(tmp_path / "facts.jsonl", [
-        envelope("reg-1", "customer.registered", "C1", "2026-01-05",
-                 {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}),
-        envelope("sale-1", "sale.recorded", "C1", "2026-01-10",
-                 {"invoice_id": "INV-1", "amount": 40_000, "currency": "EUR", "issued_on": "2026-01-10"}),
-        envelope("pay-1", "payment.received", "C1", "2026-02-01",
-                 {"payment_id": "PAY-1", "amount": 15_000, "currency": "EUR", "received_on": "2026-02-01"}),
-    ])
+    facts = write_jsonl(tmp_path / "facts.jsonl", PIPELINE_FACTS)
     log_path = tmp_path / "workers.log"
     with log_path.open("ab") as log:
         supervisor = subprocess.Popen([*ARLEDGER, *flags, "run", "--workers", "1"], env=env, stdout=log,
