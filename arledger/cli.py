@@ -15,6 +15,7 @@ import os
 import sys
 
 from arledger.settings import KAFKA_OPTIONS, SettingsError, apply_flags, kafka_problems
+from ledger.policy import ConfigError
 
 # Each module under arledger.commands registers its own sub-commands.
 COMMAND_MODULES = (
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except SettingsError as error:  # e.g. the password file went away since the check above
         return _error(str(error))
+    except ConfigError as error:  # the credit-control config ($ARLEDGER_CONFIG) is unreadable or malformed
+        return _error(f"credit-control config: {error}")
 
 
 if __name__ == "__main__":

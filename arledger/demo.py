@@ -484,7 +484,7 @@ class DemoReport:
             shown = [{column: _installment(row) if column == "invoice_id" else row[column]
                       for column in WORKLIST_COLUMNS if column in row} for row in rows[:TOP_ROWS * 2]]
             self.print_table(title + f": {len(rows):,} items due for an action", shown, {"open_amount"})
-            self.note("Next step from the dunning ladder (deploy/arledger.toml); broken promises first, then by "
+            self.note("Next step from the dunning ladder (consumers/arledger.toml); broken promises first, then by "
                       "open amount. 'arledger worklist' lists them all.")
             return
         rows = _rows(self.connection, """

@@ -24,6 +24,8 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,14 @@ import msgspec
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 
-from arledger.settings import REPO_ROOT, TOPIC_ALERTS, Settings
+from arledger.settings import TOPIC_ALERTS, Settings
 from consumers import clients
-from ledger.policy import CreditConfig, parse_config
+from ledger.policy import ConfigError, CreditConfig, parse_config
 from projections import alerts as rules
 
 CONFIG_ENV = "ARLEDGER_CONFIG"
-DEFAULT_CONFIG_PATH = REPO_ROOT / "deploy" / "arledger.toml"
+# Package data, so a non-editable install (the container image) has it too; $ARLEDGER_CONFIG overrides it.
+DEFAULT_CONFIG_PATH: Traversable = resources.files("consumers") / "arledger.toml"
 EVENT_EVALUATION_INTERVAL_S = 2.0  # event-driven rules re-run at most this often: a few seconds of alert delay
 FULL_EVALUATION_INTERVAL_S = 30.0  # every rule again after new events: bounds the cost of the aging/grade queries
 FAILURE_BACKOFF_S = 30.0  # a failing evaluation is retried this much later, never stopping ingest or projection
@@ -47,18 +50,22 @@ log = structlog.get_logger("arledger.alerts")
 _json = msgspec.json.Encoder()
 
 
-def config_path() -> Path:
-    """$ARLEDGER_CONFIG, or the bundled deploy/arledger.toml."""
-    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).expanduser()
+def config_path() -> Path | Traversable:
+    """$ARLEDGER_CONFIG, or the configuration shipped with the package (consumers/arledger.toml)."""
+    override = os.environ.get(CONFIG_ENV)
+    return Path(override).expanduser() if override else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path | None = None) -> CreditConfig:
-    """The credit-control configuration (dunning ladder, alerts, grading), read with tomllib."""
+def load_config(path: Path | Traversable | None = None) -> CreditConfig:
+    """The credit-control configuration (dunning ladder, alerts, grading), read with tomllib.
+
+    Raises ConfigError (never SystemExit: the command line decides how to stop) when the file cannot be
+    read or a key is wrong."""
     path = path or config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise SystemExit(f"arledger: cannot read the credit-control config {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read the credit-control config {path}: {error.strerror or error}") from None
     return parse_config(text)
 
 

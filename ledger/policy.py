@@ -294,7 +294,7 @@ def _table(value: Any, key: str) -> dict[str, Any]:
 
 
 def parse_config(text: str) -> CreditConfig:
-    """Build the policy from TOML text (see deploy/arledger.toml); raises ConfigError naming the bad key."""
+    """Build the policy from TOML text (see consumers/arledger.toml); raises ConfigError naming the bad key."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

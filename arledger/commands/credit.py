@@ -1,7 +1,7 @@
 """Credit control and collections: `arledger check`, `worklist`, `promises`, `grades`, `alerts`.
 
 All read the latest snapshot the projector published (a few seconds old) and
-the credit-control config ($ARLEDGER_CONFIG, default deploy/arledger.toml).
+the credit-control config ($ARLEDGER_CONFIG, default consumers/arledger.toml, shipped with the package).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,24 +11,14 @@ from pathlib import Path
 import pytest
 
 from arledger.settings import REPO_ROOT, Settings
+from bench import report
+from bench.harness import BASELINE_KEYS, STAGE_KEYS
 from consumers import broker
-
-sys.path.insert(0, str(REPO_ROOT))  # bench/ is a tool of the source tree, as `arledger bench` loads it
-from bench import report  # noqa: E402
-from bench.harness import BASELINE_KEYS, STAGE_KEYS  # noqa: E402
-from tests.integration.postgres_server import server_bin_dir  # noqa: E402
+from tests.integration.postgres_server import server_bin_dir
+from tests.support import free_port_pair
 
 BENCH_TIMEOUT_S = 900
 TARGET_NAMES = {name for name, *_ in report.TARGETS}
-
-
-def free_port_pair() -> int:
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 31_999)
-        if not broker.port_in_use(port) and not broker.port_in_use(port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 @pytest.fixture(scope="module")

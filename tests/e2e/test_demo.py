@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import random
 import re
 import subprocess
 import sys
@@ -17,22 +16,13 @@ from arledger.demo import month_ends, start_of_history
 from arledger.generate import add_months
 from arledger.settings import Settings
 from consumers import broker
+from tests.support import free_port_pair
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEMO_TIMEOUT_S = 900
 REPORT_TITLES = ("Inbound outcomes", "Aging summary as of", "Top exposures as of", "over their credit limit",
                  "Collections worklist for", "KPIs for", "Bad-debt allowance as of", "Charts and report",
                  "Query the tables yourself")
-
-
-def free_port_pair() -> int:
-    """P with P and P+1 free on 127.0.0.1 (broker and controller), below the ephemeral range."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 31_999)
-        if not broker.port_in_use(port) and not broker.port_in_use(port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def demo_env(home: Path, port: int) -> dict[str, str]:

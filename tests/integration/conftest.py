@@ -16,7 +16,6 @@ Every test that uses one of them is marked `kafka` automatically
 from __future__ import annotations
 
 import os
-import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,30 +25,16 @@ import pytest
 
 from arledger.settings import BROKER_START_TIMEOUT_S, Settings
 from consumers import broker
+from tests.support import free_port_pair
 
 EXTERNAL_KAFKA_ENV = "ARLEDGER_TEST_KAFKA"
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_broker_settings", "kafka_settings", "kafka_env"})
-# Ports below Linux's ephemeral range (32768+), so no client socket takes one
-# between the check and the broker's bind.
-TEST_PORT_MIN = 20_000
-TEST_PORT_MAX = 32_000
-PORT_PICK_ATTEMPTS_MAX = 200
 
 
 @dataclass(frozen=True)
 class KafkaSession:
     bootstrap: str
     managed: Settings | None  # None when ARLEDGER_TEST_KAFKA points at a running cluster
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P+1 are both free on 127.0.0.1 (broker and controller)."""
-    rng = random.Random()
-    for _ in range(PORT_PICK_ATTEMPTS_MAX):
-        port = rng.randrange(TEST_PORT_MIN, TEST_PORT_MAX - 1)
-        if not broker.port_in_use(port) and not broker.port_in_use(port + 1):
-            return port
-    raise RuntimeError(f"no two consecutive free ports in {TEST_PORT_MIN}-{TEST_PORT_MAX}")
 
 
 def broker_settings(home: Path, port: int) -> Settings:

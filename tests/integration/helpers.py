@@ -38,14 +38,7 @@ TOPIC_READ_TIMEOUT_S = 30.0
 POLL_S = 0.1
 
 
-# -- Envelopes ------------------------------------------------------------------------------------
-
-def envelope(id: str, type_: str, customer_id: str, on: str, data: dict[str, Any], *,
-             hour: int = 10) -> dict[str, Any]:
-    """One inbound envelope (DESIGN §3); `on` is the business date carried by `time`."""
-    return {"id": id, "type": type_, "source": "it", "time": f"{on}T{hour:02d}:00:00Z",
-            "customer_id": customer_id, "data": data}
-
+# -- Envelopes (built with tests/builders.py): JSONL lines ---------------------------------------
 
 def line(item: dict[str, Any] | bytes) -> bytes:
     """A JSONL line: dicts are JSON-encoded, bytes are written as they are (bad input on purpose)."""

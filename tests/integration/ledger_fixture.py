@@ -7,27 +7,20 @@ records (`consumers.relay.ledger_record`, global hash chain included) and
 folds them with `projections.fold.apply_batch`. Each call is one ledger batch
 and one projection batch, so `known_at` between two calls is well defined.
 
-The fact builders are the unit tests' (`tests/unit/builders.py`).
+The fact builders are the suite's one set (`tests/builders.py`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sys
-from pathlib import Path
 from typing import Any
 
-_UNIT = str(Path(__file__).resolve().parent.parent / "unit")
-if _UNIT not in sys.path:
-    sys.path.insert(0, _UNIT)
-
-import builders  # noqa: E402  (the unit tests' fact builders)
-
-from consumers.relay import ledger_record  # noqa: E402
-from ledger.application import Ledger  # noqa: E402
-from ledger.hashing import GENESIS_HASH  # noqa: E402
-from ledger.records import record_encoder  # noqa: E402
-from projections import fold, schema  # noqa: E402
+from consumers.relay import ledger_record
+from ledger.application import Ledger
+from ledger.hashing import GENESIS_HASH
+from ledger.records import record_encoder
+from projections import fold, schema
+from tests import builders
 
 LEDGER_TOPIC = "ar.ledger"
 READ_BATCH_EVENTS_MAX = 10_000

@@ -7,7 +7,8 @@ import datetime as dt
 from pathlib import Path
 
 from projections import reports
-from tests.integration.ledger_fixture import LedgerFixture, builders
+from tests import builders
+from tests.integration.ledger_fixture import LedgerFixture
 
 B = builders
 

@@ -512,12 +512,10 @@ def test_every_event_type_has_a_business_date_for_traces():
 # -- The store alone: Ledger + the relay's chaining, no Kafka ---------------------------------------
 
 def test_verify_of_a_store_alone_reports_unrelayed_events_without_failing(tmp_path: Path):
-    sys.path.insert(0, str(REPO / "tests" / "unit"))
-    import builders as b
-
     from arledger.settings import Settings
     from consumers.relay import ledger_record
     from ledger.application import Ledger
+    from tests import builders as b
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     b.process(ledger, b.registered(), b.sale("I1", 1_000, issued_on="2026-01-02"),
@@ -544,7 +542,8 @@ def test_verify_of_a_store_alone_reports_unrelayed_events_without_failing(tmp_pa
 @pytest.fixture
 def corrected(tmp_path: Path):
     """Mistakes recorded on 2026-03-10 and corrected by new facts recorded on 2026-03-12."""
-    from ledger_fixture import LedgerFixture, builders as b
+    from ledger_fixture import LedgerFixture
+    from tests import builders as b
 
     fx = LedgerFixture(tmp_path / "corrections.duckdb")
     fx.batch(b.registered(limit=100_000), b.sale("I1", 50_000, issued_on="2026-03-01", due_on="2026-03-31"),

@@ -8,38 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from arledger.settings import TOPIC_DECISIONS, TOPIC_INBOUND, TOPIC_REJECTED, Settings
-from helpers import envelope, ingest_wait, line, produce, read_topic, report, running_workers, write_jsonl
+from helpers import ingest_wait, line, produce, read_topic, report, running_workers, write_jsonl
+from tests.builders import fact
 
 AS_OF = "2026-04-15"
 
-B1_REGISTERED = envelope("b1-reg", "customer.registered", "B1", "2026-01-02",
-                         {"name": "Bravo One", "currency": "EUR", "credit_limit": 500_000, "payment_terms_days": 30})
-B2_REGISTERED = envelope("b2-reg", "customer.registered", "B2", "2026-01-03",
-                         {"name": "Bravo Two", "currency": "USD", "credit_limit": 100_000, "payment_terms_days": 30,
-                          "salesperson": "dee"})
+B1_REGISTERED = fact("customer.registered", {"name": "Bravo One", "currency": "EUR", "credit_limit": 500_000, "payment_terms_days": 30},
+                     id="b1-reg", customer_id="B1", on="2026-01-02")
+B2_REGISTERED = fact("customer.registered", {"name": "Bravo Two", "currency": "USD", "credit_limit": 100_000, "payment_terms_days": 30,
+                          "salesperson": "dee"},
+                     id="b2-reg", customer_id="B2", on="2026-01-03")
 # Due 03-01 + 30 d = 03-31.
-B1_SALE = envelope("b1-s1", "sale.recorded", "B1", "2026-03-01",
-                   {"invoice_id": "INV-1", "amount": 100_000, "currency": "EUR", "issued_on": "2026-03-01"})
-B1_PAYMENT = envelope("b1-p1", "payment.received", "B1", "2026-03-15",
-                      {"payment_id": "P-1", "amount": 40_000, "currency": "EUR", "received_on": "2026-03-15"})
-B2_SALE = envelope("b2-s1", "sale.recorded", "B2", "2026-04-01",
-                   {"invoice_id": "INV-B2", "amount": 5_000, "currency": "USD", "issued_on": "2026-04-01"})
-NEGATIVE = envelope("b1-neg", "sale.recorded", "B1", "2026-03-02",
-                    {"invoice_id": "INV-2", "amount": -500, "currency": "EUR", "issued_on": "2026-03-02"})
+B1_SALE = fact("sale.recorded", {"invoice_id": "INV-1", "amount": 100_000, "currency": "EUR", "issued_on": "2026-03-01"},
+               id="b1-s1", customer_id="B1", on="2026-03-01")
+B1_PAYMENT = fact("payment.received", {"payment_id": "P-1", "amount": 40_000, "currency": "EUR", "received_on": "2026-03-15"},
+                  id="b1-p1", customer_id="B1", on="2026-03-15")
+B2_SALE = fact("sale.recorded", {"invoice_id": "INV-B2", "amount": 5_000, "currency": "USD", "issued_on": "2026-04-01"},
+               id="b2-s1", customer_id="B2", on="2026-04-01")
+NEGATIVE = fact("sale.recorded", {"invoice_id": "INV-2", "amount": -500, "currency": "EUR", "issued_on": "2026-03-02"},
+                id="b1-neg", customer_id="B1", on="2026-03-02")
 
 # Each bad line with the reason it must be rejected for.
 MALFORMED_JSON = b'{"id": "bad-json", "type": "sale.recorded", "customer_id": "B1", "data": {'
 NOT_UTF8 = b'{"id": "caf\xe9-1", "type": "customer.registered", "customer_id": "B3", "data": {}}'
-UNKNOWN_TYPE = envelope("b1-teleport", "invoice.teleported", "B1", "2026-03-03", {"invoice_id": "INV-1"})
-UNKNOWN_CUSTOMER = envelope("nobody-s1", "sale.recorded", "NOBODY", "2026-03-03",
-                            {"invoice_id": "INV-9", "amount": 1_000, "currency": "EUR", "issued_on": "2026-03-03"})
+UNKNOWN_TYPE = fact("invoice.teleported", {"invoice_id": "INV-1"},
+                    id="b1-teleport", customer_id="B1", on="2026-03-03")
+UNKNOWN_CUSTOMER = fact("sale.recorded", {"invoice_id": "INV-9", "amount": 1_000, "currency": "EUR", "issued_on": "2026-03-03"},
+                        id="nobody-s1", customer_id="NOBODY", on="2026-03-03")
 CONFLICTING_DUPLICATE = {**B1_SALE, "data": {**B1_SALE["data"], "amount": 999_999}}
 # Same id and content as B1_SALE, only key order and spacing differ: an exact duplicate.
 EXACT_DUPLICATE = (b'{"customer_id": "B1", "time": "2026-03-01T10:00:00Z", "type": "sale.recorded", "id": "b1-s1", '
                    b'"source": "it", "data": {"issued_on": "2026-03-01", "currency": "EUR", "amount": 100000, '
                    b'"invoice_id": "INV-1"}}')
-WRONG_KEY = envelope("b2-wrong-key", "sale.recorded", "B2", "2026-04-02",
-                     {"invoice_id": "INV-B3", "amount": 1_000, "currency": "USD", "issued_on": "2026-04-02"})
+WRONG_KEY = fact("sale.recorded", {"invoice_id": "INV-B3", "amount": 1_000, "currency": "USD", "issued_on": "2026-04-02"},
+                 id="b2-wrong-key", customer_id="B2", on="2026-04-02")
 
 FILE = [B1_REGISTERED, MALFORMED_JSON, B1_SALE, NOT_UTF8, UNKNOWN_TYPE, B2_REGISTERED, UNKNOWN_CUSTOMER,
         CONFLICTING_DUPLICATE, NEGATIVE, EXACT_DUPLICATE, B1_PAYMENT, B2_SALE]
@@ -98,9 +100,10 @@ def test_a_rejected_record_can_be_re_sent_fixed_under_the_same_id(
 
 def test_orders_get_one_decision_none_for_a_duplicate_or_a_rejected_one(
         kafka_settings: Settings, kafka_env: dict[str, str], tmp_path: Path) -> None:
-    placed = envelope("b1-o1", "order.placed", "B1", "2026-03-05", {"order_id": "O-1", "amount": 20_000, "currency": "EUR"})
-    wrong_currency = envelope("b1-o2", "order.placed", "B1", "2026-03-05",
-                              {"order_id": "O-2", "amount": 20_000, "currency": "USD"})
+    placed = fact("order.placed", {"order_id": "O-1", "amount": 20_000, "currency": "EUR"},
+                  id="b1-o1", customer_id="B1", on="2026-03-05")
+    wrong_currency = fact("order.placed", {"order_id": "O-2", "amount": 20_000, "currency": "USD"},
+                          id="b1-o2", customer_id="B1", on="2026-03-05")
     with running_workers(kafka_env, log_path=tmp_path / "workers.log"):
         counts = ingest_wait(kafka_env, write_jsonl(tmp_path / "orders.jsonl",
                                                     [B1_REGISTERED, B1_SALE, placed, wrong_currency, placed]))

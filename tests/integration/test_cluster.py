@@ -40,7 +40,8 @@ from consumers.cluster import ClusterSecurity, LocalCluster, throwaway_tls
 from consumers.ingest import INGEST_GROUP_ID
 from consumers.publisher import Published, publish_lines, wait_for_outcomes
 from consumers.topics import admin_client, ensure_topics
-from helpers import ARLEDGER, Workers, cli, env_of, envelope, ledger_counts, report, settings_on, write_jsonl
+from helpers import ARLEDGER, Workers, cli, env_of, ledger_counts, report, settings_on, write_jsonl
+from tests.builders import fact
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -59,12 +60,12 @@ ISR_TIMEOUT_S = 90.0  # the restarted broker catches up and rejoins every in-syn
 
 # A registration, a sale and a part payment: what the pipeline tests send over SASL_SSL.
 PIPELINE_FACTS = [
-    envelope("reg-1", "customer.registered", "C1", "2026-01-05",
-             {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}),
-    envelope("sale-1", "sale.recorded", "C1", "2026-01-10",
-             {"invoice_id": "INV-1", "amount": 40_000, "currency": "EUR", "issued_on": "2026-01-10"}),
-    envelope("pay-1", "payment.received", "C1", "2026-02-01",
-             {"payment_id": "PAY-1", "amount": 15_000, "currency": "EUR", "received_on": "2026-02-01"}),
+    fact("customer.registered", {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30},
+         id="reg-1", customer_id="C1", on="2026-01-05"),
+    fact("sale.recorded", {"invoice_id": "INV-1", "amount": 40_000, "currency": "EUR", "issued_on": "2026-01-10"},
+         id="sale-1", customer_id="C1", on="2026-01-10"),
+    fact("payment.received", {"payment_id": "PAY-1", "amount": 15_000, "currency": "EUR", "received_on": "2026-02-01"},
+         id="pay-1", customer_id="C1", on="2026-02-01"),
 ]
 
 

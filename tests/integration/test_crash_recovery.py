@@ -29,8 +29,9 @@ from arledger.settings import TOPIC_DECISIONS, TOPIC_INBOUND, TOPIC_LEDGER, TOPI
 from consumers.ingest import INGEST_GROUP_ID, IngestWorker
 from consumers.publisher import end_offsets, publish_lines, wait_for_outcomes
 from consumers.topics import admin_client, ensure_topics
-from helpers import (Workers, env_of, ledger_counts, envelope, line, projection_rows, query, read_topic, running_workers,
+from helpers import (Workers, env_of, ledger_counts, line, projection_rows, query, read_topic, running_workers,
                      settings_on, wait_until)
+from tests.builders import fact
 from ledger.application import Ledger
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.slow
 FAULT_POINTS = ("ingest.after_store_commit", "ingest.after_reject_publish", "relay.after_chain_saved",
                 "relay.after_publish", "project.mid_transaction")
 WAIT_TIMEOUT_S = 120.0  # a restarted ingest worker rejoins its group only after the dead member's session expires
-WARM_UP = line(envelope("warm-up-reg", "customer.registered", "WARM", "2026-01-01",
-                        {"name": "Warm-up", "currency": "EUR", "credit_limit": 0, "payment_terms_days": 30}))
+WARM_UP = line(fact("customer.registered", {"name": "Warm-up", "currency": "EUR", "credit_limit": 0, "payment_terms_days": 30},
+                    id="warm-up-reg", customer_id="WARM", on="2026-01-01"))
 
 
 def workload() -> list[bytes]:
@@ -176,11 +177,13 @@ def test_an_ingest_worker_dropped_from_its_group_mid_batch_carries_on(kafka_sett
     ledger = Ledger(kafka_settings.store_url)
     worker = IngestWorker(kafka_settings, ledger)
     try:
-        publish_lines(kafka_settings, [line(envelope("d1-reg", "customer.registered", "D1", "2026-01-01", {
-            "name": "Dropped", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}))])
+        publish_lines(kafka_settings, [line(fact("customer.registered", {
+            "name": "Dropped", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30},
+                                                 id="d1-reg", customer_id="D1", on="2026-01-01"))])
         wait_until(lambda: worker.run_once(500) > 0, "the worker to join its group and take the registration")
-        publish_lines(kafka_settings, [line(envelope("d1-o1", "order.placed", "D1", "2026-01-05", {
-            "order_id": "O-1", "amount": 20_000, "currency": "EUR"}))])
+        publish_lines(kafka_settings, [line(fact("order.placed", {
+            "order_id": "O-1", "amount": 20_000, "currency": "EUR"},
+                                                 id="d1-o1", customer_id="D1", on="2026-01-05"))])
         save = ledger.process_batch
 
         def save_then_lose_membership(records):

@@ -8,7 +8,7 @@
 - Worklist, promises, grades: data through `arledger run` and `arledger ingest --wait`, then the read model
   as of a calendar of dates.
 
-Every expected figure is worked out by hand in the comments from DESIGN §7/§8 and deploy/arledger.toml.
+Every expected figure is worked out by hand in the comments from DESIGN §7/§8 and consumers/arledger.toml.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from consumers.project import Projector
 from consumers.publisher import publish_lines
 from consumers.relay import Relay
 from consumers.topics import ensure_topics
-from helpers import cli, envelope, ingest_wait, read_topic, running_workers, write_jsonl
+from helpers import cli, ingest_wait, read_topic, running_workers, write_jsonl
 from ledger.application import Ledger
 from ledger.policy import GRADING_INPUTS, parse_config
 from projections import alerts as alert_rules
 from projections import grading, schema, worklist
+from tests import builders as b
 
 SETTLE_TIMEOUT_S = 90.0
 
@@ -49,42 +50,35 @@ def days(first: str, last: str) -> list[dt.date]:
     return [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
 
 
+# The scenarios' shorthand over the suite's fact builders: customer first, EUR, ids derived from the facts.
+
 def register(cid: str, limit: int, *, on: str = "2026-01-01", salesperson: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": f"Customer {cid}", "currency": "EUR", "credit_limit": limit,
-                            "payment_terms_days": 30}
-    if salesperson is not None:
-        data["salesperson"] = salesperson
-    return envelope(f"{cid}-reg", "customer.registered", cid, on, data)
+    extra = {} if salesperson is None else {"salesperson": salesperson}
+    return b.registered(limit=limit, on=on, customer_id=cid, id=f"{cid}-reg", **extra)
 
 
 def sale(cid: str, invoice: str, amount: int, issued_on: str, **extra: Any) -> dict[str, Any]:
-    return envelope(f"{cid}-{invoice}", "sale.recorded", cid, issued_on,
-                    {"invoice_id": invoice, "amount": amount, "currency": "EUR", "issued_on": issued_on, **extra})
+    return b.sale(invoice, amount, issued_on=issued_on, customer_id=cid, id=f"{cid}-{invoice}", **extra)
 
 
 def payment(cid: str, payment_id: str, amount: int, received_on: str, **extra: Any) -> dict[str, Any]:
-    return envelope(f"{cid}-{payment_id}", "payment.received", cid, received_on,
-                    {"payment_id": payment_id, "amount": amount, "currency": "EUR", "received_on": received_on,
-                     **extra})
+    return b.payment(payment_id, amount, received_on=received_on, customer_id=cid, id=f"{cid}-{payment_id}",
+                     **extra)
 
 
 def action(cid: str, name: str, on: str, invoice: str | None = None) -> dict[str, Any]:
-    data = {"action": name, "by": "collector.1"}
-    if invoice is not None:
-        data["invoice_id"] = invoice
-    return envelope(f"{cid}-{name}-{invoice}-{on}", "collection.action", cid, on, data)
+    return b.collection_action(name, on=on, invoice_id=invoice, customer_id=cid,
+                               id=f"{cid}-{name}-{invoice}-{on}", by="collector.1")
 
 
 def promise(cid: str, promise_id: str, amount: int, made_on: str, promised_on: str,
             invoice: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"promise_id": promise_id, "amount": amount, "promised_on": promised_on}
-    if invoice is not None:
-        data["invoice_id"] = invoice
-    return envelope(f"{cid}-{promise_id}", "promise.made", cid, made_on, data)
+    return b.promise(promise_id, amount, promised_on=promised_on, on=made_on, invoice_id=invoice, customer_id=cid,
+                     id=f"{cid}-{promise_id}")
 
 
 def fact(cid: str, type_: str, on: str, data: dict[str, Any], *, suffix: str = "") -> dict[str, Any]:
-    return envelope(f"{cid}-{type_}-{on}{suffix}", type_, cid, on, data)
+    return b.fact(type_, data, on=on, customer_id=cid, id=f"{cid}-{type_}-{on}{suffix}")
 
 
 # -- Decisions ------------------------------------------------------------------------------------------

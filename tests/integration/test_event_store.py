@@ -3,26 +3,25 @@ optimistic concurrency between two writers, notification order for the relay."""
 
 from __future__ import annotations
 
-import json
-
 import msgspec
 import pytest
 from eventsourcing.persistence import IntegrityError
 
 from ledger.account import AccountState
 from ledger.application import InboundRecord, Ledger
+from tests import builders as b
+
+# The scenario's shorthand over the suite's fact builders: Kafka records, recorded on 2026-03-01 unless told.
 
 
 def envelope(envelope_id: str, kind: str, data: dict, customer_id: str = "C1",
              time: str = "2026-03-01T10:00:00Z") -> InboundRecord:
-    raw = {"id": envelope_id, "type": kind, "time": time, "customer_id": customer_id, "data": data}
-    return InboundRecord(json.dumps(raw).encode(), customer_id.encode())
+    return b.record(b.fact(kind, data, customer_id=customer_id, id=envelope_id, time=time))
 
 
 def registered(customer_id: str = "C1", limit: int = 100_000) -> InboundRecord:
-    return envelope(f"reg-{customer_id}", "customer.registered",
-                    {"name": customer_id, "currency": "EUR", "credit_limit": limit, "payment_terms_days": 30},
-                    customer_id)
+    return b.record(b.registered(limit=limit, on="2026-03-01", customer_id=customer_id, id=f"reg-{customer_id}",
+                                 name=customer_id))
 
 
 SCENARIO = [

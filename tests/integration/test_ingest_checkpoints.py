@@ -12,7 +12,8 @@ from consumers import ingest
 from consumers.ingest import INGEST_GROUP_ID, IngestWorker
 from consumers.publisher import end_offsets, publish_lines
 from consumers.topics import admin_client, ensure_topics
-from helpers import envelope, line, read_topic, wait_until
+from helpers import line, read_topic, wait_until
+from tests.builders import fact
 from ledger.application import Ledger
 
 pytestmark = pytest.mark.kafka
@@ -41,8 +42,9 @@ def test_commits_land_without_a_poll_are_logged_at_the_next_and_close_commits_th
         return [call.kwargs for call in logger.calls if call.args == (event,)]
 
     try:
-        publish_lines(kafka_settings, [line(envelope("k1-reg", "customer.registered", "K1", "2026-01-01", {
-            "name": "K", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}))])
+        publish_lines(kafka_settings, [line(fact("customer.registered", {
+            "name": "K", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30},
+                                                 id="k1-reg", customer_id="K1", on="2026-01-01"))])
         wait_until(lambda: worker.run_once(500) > 0, "the worker to join its group and take the registration")
         # Nobody polls now: the commit was sent by the client's own I/O thread.
         wait_until(lambda: committed(kafka_settings) == inbound_end(kafka_settings), "the commit to land")
@@ -51,8 +53,9 @@ def test_commits_land_without_a_poll_are_logged_at_the_next_and_close_commits_th
         (first,) = logged("batch_committed")
         assert (first["accepted"], first["records"]) == (1, 1)
 
-        publish_lines(kafka_settings, [line(envelope(f"k1-o{n}", "order.placed", "K1", "2026-01-05", {
-            "order_id": f"O-{n}", "amount": 1_000, "currency": "EUR"})) for n in range(3)])
+        publish_lines(kafka_settings, [line(fact("order.placed", {
+            "order_id": f"O-{n}", "amount": 1_000, "currency": "EUR"},
+                                                 id=f"k1-o{n}", customer_id="K1", on="2026-01-05")) for n in range(3)])
         handled = 0
         while handled < 3:
             handled += worker.run_once(500)

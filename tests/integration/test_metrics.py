@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import envelope, ingest_wait, running_workers, write_jsonl
+from tests.integration.helpers import ingest_wait, running_workers, write_jsonl
+from tests.builders import fact
 
 pytestmark = pytest.mark.kafka
 
@@ -44,11 +45,11 @@ def sample(text: str, name: str, **labels: str) -> float:
 def test_metrics_report_what_the_workers_did(kafka_env: dict[str, str], tmp_path: Path) -> None:
     registration = {"name": "Acme", "currency": "EUR", "credit_limit": 100_000, "payment_terms_days": 30}
     facts = write_jsonl(tmp_path / "facts.jsonl", [
-        envelope("m1", "customer.registered", "C1", "2026-03-01", registration),
-        envelope("m2", "sale.recorded", "C1", "2026-03-02",
-                 {"invoice_id": "I1", "amount": 1000, "currency": "EUR", "issued_on": "2026-03-02"}),
-        envelope("m3", "sale.recorded", "C9", "2026-03-02",
-                 {"invoice_id": "I1", "amount": 1000, "currency": "EUR", "issued_on": "2026-03-02"}),
+        fact("customer.registered", registration, id="m1", customer_id="C1", on="2026-03-01"),
+        fact("sale.recorded", {"invoice_id": "I1", "amount": 1000, "currency": "EUR", "issued_on": "2026-03-02"},
+             id="m2", customer_id="C1", on="2026-03-02"),
+        fact("sale.recorded", {"invoice_id": "I1", "amount": 1000, "currency": "EUR", "issued_on": "2026-03-02"},
+             id="m3", customer_id="C9", on="2026-03-02"),
         b"{not json",
     ])
     port = free_port()

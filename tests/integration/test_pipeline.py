@@ -20,30 +20,32 @@ from typing import Any
 import pytest
 
 from arledger.settings import TOPIC_DECISIONS, Settings
-from helpers import env_of, envelope, ingest_wait, read_topic, report, running_workers, settings_on, write_jsonl
+from helpers import env_of, ingest_wait, read_topic, report, running_workers, settings_on, write_jsonl
+from tests import builders as b
+from tests.builders import fact
 
 AS_OF = "2026-05-15"
 PAST_AS_OF = "2026-04-10"
 BUCKETS = ["current", "1-30", "31-60", "61-90", "90+"]
 
 
+# The scenario's shorthand (envelope id, customer, business date first) over the suite's fact builders.
+
 def register(cid: str, on: str, name: str, currency: str, limit: int, terms: int, **extra: Any) -> dict[str, Any]:
-    return envelope(f"{cid}-reg", "customer.registered", cid, on,
-                    {"name": name, "currency": currency, "credit_limit": limit, "payment_terms_days": terms, **extra})
+    return b.registered(limit=limit, terms=terms, currency=currency, on=on, customer_id=cid, id=f"{cid}-reg",
+                        name=name, **extra)
 
 
 def sale(id: str, cid: str, on: str, invoice: str, amount: int, currency: str, **extra: Any) -> dict[str, Any]:
-    return envelope(id, "sale.recorded", cid, on,
-                    {"invoice_id": invoice, "amount": amount, "currency": currency, "issued_on": on, **extra})
+    return b.sale(invoice, amount, issued_on=on, currency=currency, customer_id=cid, id=id, **extra)
 
 
 def payment(id: str, cid: str, on: str, payment_id: str, amount: int, currency: str, **extra: Any) -> dict[str, Any]:
-    return envelope(id, "payment.received", cid, on,
-                    {"payment_id": payment_id, "amount": amount, "currency": currency, "received_on": on, **extra})
+    return b.payment(payment_id, amount, received_on=on, currency=currency, customer_id=cid, id=id, **extra)
 
 
 def order(id: str, cid: str, on: str, order_id: str, amount: int, currency: str) -> dict[str, Any]:
-    return envelope(id, "order.placed", cid, on, {"order_id": order_id, "amount": amount, "currency": currency})
+    return b.order_placed(order_id, amount, on=on, currency=currency, customer_id=cid, id=id)
 
 
 DUPLICATE_ORDER = order("c2-o21", "C2", "2026-04-25", "O-21", 100_000, "USD")
@@ -66,8 +68,8 @@ BATCH_1 = [
     payment("c1-p2", "C1", "2026-04-05", "P-2", 110_000, "EUR", method="transfer",
             allocations=[{"invoice_id": "INV-1002", "amount": 100_000}]),
     # Latest installment first: INV-1002 #3 80,000 → 50,000 from 04-10.
-    envelope("c1-cn1", "credit_note.issued", "C1", "2026-04-10",
-             {"credit_note_id": "CN-1", "invoice_id": "INV-1002", "amount": 30_000, "reason": "damaged goods"}),
+    fact("credit_note.issued", {"credit_note_id": "CN-1", "invoice_id": "INV-1002", "amount": 30_000, "reason": "damaged goods"},
+         id="c1-cn1", customer_id="C1", on="2026-04-10"),
     # 04-20: INV-1003 is 50 days past due and still 15,000 open → blocked. Exposure = 40,000 + 15,000 +
     # 60,000 + 50,000 = 165,000; available 1,000,000 − 165,000 = 835,000.
     order("c1-o2", "C1", "2026-04-20", "O-2", 50_000, "EUR"),
@@ -86,7 +88,8 @@ BATCH_1 = [
     # Oldest due first: INV-2002 70,000 → 0 from 04-01 ...
     payment("c2-p22", "C2", "2026-04-01", "P-22", 70_000, "USD"),
     # ... until it bounces: INV-2002 reopens 70,000 from 04-15.
-    envelope("c2-rev22", "payment.reversed", "C2", "2026-04-15", {"payment_id": "P-22", "reason": "bounced"}),
+    fact("payment.reversed", {"payment_id": "P-22", "reason": "bounced"},
+         id="c2-rev22", customer_id="C2", on="2026-04-15"),
     # 04-25: INV-2002 25 days past due (≤ 30 passes); exposure 70,000 + 90,000 = 160,000; 160,000 + 100,000
     # ≤ 500,000 → approved, available 340,000. It stays open: open_orders 100,000.
     DUPLICATE_ORDER,
@@ -99,11 +102,11 @@ BATCH_1 = [
     payment("c3-p31", "C3", "2026-02-20", "P-31", 30_000, "EUR", allocations=[{"invoice_id": "INV-3001", "amount": 30_000}]),
     # 45,000 ≤ 50,000 creditable: INV-3001 20,000 → 0; the excess 25,000 goes to INV-3002 (80,000 → 55,000),
     # all from 03-01.
-    envelope("c3-cn31", "credit_note.issued", "C3", "2026-03-01",
-             {"credit_note_id": "CN-31", "invoice_id": "INV-3001", "amount": 45_000, "reason": "price correction"}),
+    fact("credit_note.issued", {"credit_note_id": "CN-31", "invoice_id": "INV-3001", "amount": 45_000, "reason": "price correction"},
+         id="c3-cn31", customer_id="C3", on="2026-03-01"),
     # All that is open: INV-3002 55,000 → 0 from 04-01, written off.
-    envelope("c3-wo3002", "invoice.written_off", "C3", "2026-04-01",
-             {"invoice_id": "INV-3002", "reason": "customer insolvent"}),
+    fact("invoice.written_off", {"invoice_id": "INV-3002", "reason": "customer insolvent"},
+         id="c3-wo3002", customer_id="C3", on="2026-04-01"),
     # Nothing eligible is open: 20,000 unapplied from 05-01.
     payment("c3-p32", "C3", "2026-05-01", "P-32", 20_000, "EUR"),
 

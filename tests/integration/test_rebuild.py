@@ -20,8 +20,9 @@ import duckdb
 import pytest
 
 from arledger.settings import TOPIC_LEDGER, Settings
-from helpers import (ARLEDGER, cli, env_of, envelope, ingest_wait, query, running_workers, settings_on, wait_until,
+from helpers import (ARLEDGER, cli, env_of, ingest_wait, query, running_workers, settings_on, wait_until,
                      write_jsonl)
+from tests import builders
 from ledger.application import Ledger
 from ledger.events import EVENT_TYPES
 from projections import schema
@@ -35,7 +36,7 @@ def every_event_type_facts(prefix: str = "rb") -> list[dict[str, Any]]:
     n = iter(range(1, 1_000))
 
     def fact(type_: str, on: str, data: dict[str, Any], customer_id: str = c1) -> dict[str, Any]:
-        return envelope(f"{prefix}-{next(n)}", type_, customer_id, on, data)
+        return builders.fact(type_, data, id=f"{prefix}-{next(n)}", customer_id=customer_id, on=on)
 
     return [
         fact("customer.registered", "2026-01-01", {"name": "Alpha", "currency": "EUR", "credit_limit": 100_000,

@@ -19,7 +19,8 @@ from decimal import Decimal
 
 import pytest
 
-from ledger_fixture import LedgerFixture, builders as b
+from ledger_fixture import LedgerFixture
+from tests import builders as b
 from projections.allowance import DEFAULT_RATES, allowance, buckets_for, parse_rates, provision
 
 

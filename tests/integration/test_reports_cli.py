@@ -11,7 +11,8 @@ import duckdb
 import pytest
 
 from arledger.cli import main
-from ledger_fixture import LedgerFixture, builders as b
+from ledger_fixture import LedgerFixture
+from tests import builders as b
 
 
 @pytest.fixture(scope="module")

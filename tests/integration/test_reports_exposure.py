@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from ledger_fixture import LedgerFixture, builders as b
+from ledger_fixture import LedgerFixture
+from tests import builders as b
 from projections import exposure as exposure_report
 from projections.reports import balances
 

@@ -16,7 +16,8 @@ import datetime as dt
 
 import pytest
 
-from ledger_fixture import LedgerFixture, builders as b
+from ledger_fixture import LedgerFixture
+from tests import builders as b
 from projections.kpis import KPI_FIELDS, countback_dso, kpis, month_bounds
 
 

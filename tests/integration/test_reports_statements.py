@@ -19,7 +19,8 @@ import datetime as dt
 
 import pytest
 
-from ledger_fixture import LedgerFixture, builders as b
+from ledger_fixture import LedgerFixture
+from tests import builders as b
 from projections import statements
 from projections.reports import aging
 

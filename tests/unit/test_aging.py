@@ -11,7 +11,7 @@ import datetime as dt
 
 import pytest
 
-from builders import day, given, payment, reversal, sale
+from tests.builders import day, given, payment, reversal, sale
 from ledger.account import AccountState
 
 BUCKETS = ("current", "1-30", "31-60", "61-90", "90+")

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from builders import (
+from tests.builders import (
     collection_action,
     credit_note,
     dispute_opened,

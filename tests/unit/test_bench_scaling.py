@@ -6,15 +6,11 @@ No timing is asserted: the log reading that times the workers, and the rows and 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from arledger.settings import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT))  # bench/ is a tool of the source tree, as `arledger bench` loads it
-from bench import report  # noqa: E402
-from bench.harness import notes  # noqa: E402
-from bench.scaling import _Log  # noqa: E402
+from bench import report
+from bench.harness import notes
+from bench.scaling import _Log
 
 
 def _line(event: str, second: float, **fields) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from builders import (
+from tests.builders import (
     allocations,
     assert_cash_invariant,
     credit_note,

@@ -1,6 +1,6 @@
 """Computed grades recorded by the ledger as `credit_grade.computed` (DESIGN §8), on the pure rules.
 
-The bundled config (deploy/arledger.toml): window 365 days; penalties average_days_delinquent 40 over 0..60,
+The shipped config (consumers/arledger.toml): window 365 days; penalties average_days_delinquent 40 over 0..60,
 utilisation_pct 15 over 80..120, broken_promises 15 over 0..3, disputes 10 over 0..4, write_off_bp 20 over
 0..500; A ≥ 85, B ≥ 70, C ≥ 50, else D. Every figure below is worked out by hand from those.
 """
@@ -8,17 +8,16 @@ utilisation_pct 15 over 80..120, broken_promises 15 over 0..3, disputes 10 over 
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
-
 import pytest
 
-from builders import day, dispute_opened, fact, given, of_kind, order_placed, payment, promise, registered, sale
+from tests.builders import day, dispute_opened, fact, given, of_kind, order_placed, payment, promise, registered, sale
 from ledger import events as e
 from ledger.account import MONTH_END_GRADES_MAX, CreditPolicy
 from ledger.errors import UnknownInvoice
 from ledger.policy import divide_half_even, parse_config
+from tests.support import CONFIG_FILE
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "arledger.toml"
+CONFIG = CONFIG_FILE
 GRADING = CreditPolicy(grading=parse_config(CONFIG.read_text()).grading)
 
 

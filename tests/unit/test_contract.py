@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from builders import encode, payment, registered, sale
+from tests.builders import encode, payment, registered, sale
 from ledger import contract as c
 from ledger.errors import (
     REASON_CODES,

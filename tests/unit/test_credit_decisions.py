@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builders import (
+from tests.builders import (
     day,
     dispute_opened,
     given,
@@ -311,7 +311,7 @@ def test_registration_limit_holds_from_the_start_of_time() -> None:
 
 
 def test_grade_as_of_a_date_is_the_latest_assignment_dated_on_or_before_it() -> None:
-    from builders import grade_assigned
+    from tests.builders import grade_assigned
 
     account = given(registered(grade="A"), grade_assigned("C", on="2026-03-10"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ledger.application import Ledger
 from ledger import events as e
-from tests.unit.builders import (
+from tests.builders import (
     day,
     given,
     of_kind,

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from builders import given, payment, reversal, sale
+from tests.builders import given, payment, reversal, sale
 from ledger import events as e
 from ledger.upcasting import upcast
 

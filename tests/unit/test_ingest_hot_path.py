@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from builders import order_placed, payment, process, record, registered, sale
+from tests.builders import order_placed, payment, process, record, registered, sale
 from ledger.account import AccountState
 from ledger.aggregate import CustomerAccount, LedgerChain, account_id
 from ledger.application import InboundRecord, Ledger

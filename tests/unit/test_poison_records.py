@@ -7,7 +7,7 @@ import pytest
 from consumers.ingest import IngestWorker
 from ledger import account
 from ledger.application import Ledger, PoisonRecord
-from tests.unit.builders import record, registered, sale
+from tests.builders import record, registered, sale
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from fractions import Fraction
-from pathlib import Path
-
 import pytest
 
 from ledger.policy import (
@@ -24,8 +22,8 @@ from ledger.policy import (
     promise_status,
     utilisation_pct,
 )
+from tests.support import CONFIG_FILE
 
-CONFIG_FILE = Path(__file__).resolve().parents[2] / "deploy" / "arledger.toml"
 
 
 @pytest.fixture(scope="module")

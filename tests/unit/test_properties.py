@@ -21,16 +21,16 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import builders as b
+from tests import builders as b
 from ledger import events as e
 from ledger.account import AccountState, CreditPolicy
 from ledger.aggregate import account_id
 from ledger.application import InboundRecord, Ledger
 from ledger.errors import REASON_CODES, Rejection
 from ledger.policy import parse_config
+from tests.support import CONFIG_FILE
 
-GRADING = CreditPolicy(grading=parse_config(
-    (Path(__file__).resolve().parents[2] / "deploy" / "arledger.toml").read_text()).grading)
+GRADING = CreditPolicy(grading=parse_config(CONFIG_FILE.read_text()).grading)
 
 DAY0 = dt.date(2026, 3, 1)
 FAR_FUTURE = dt.date(2100, 1, 1)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-import builders as b
+from tests import builders as b
 import ledger.aggregate
 import ledger.upcasting
 from ledger.application import Ledger
