@@ -22,6 +22,7 @@ help:
 	@echo "make jars          fetch the Apache Kafka jars with Maven into $(JARS_DIR) (again only when pom.xml changes)"
 	@echo "make test          the whole test suite (starts its own Kafka broker) and the import contracts"
 	@echo "make test-fast     the tests not marked slow"
+	@echo "make lint          import contracts, ruff check, mypy (strict on ledger/)"
 	@echo "make demo | bench  run 'arledger demo' / 'arledger bench'"
 	@echo "make broker-start | broker-stop | broker-status   the local broker (ARLEDGER_HOME, ARLEDGER_BROKER_PORT)"
 	@echo "make clean         remove the jars and caches; make distclean also removes $(VENV)"
@@ -65,8 +66,15 @@ test: venv jars
 test-fast: venv jars
 	$(call run_pytest,tests -m "not slow")
 
+# Import contracts, then ruff's lint rules, then mypy (strict on ledger/, see pyproject.toml).
+# Every step runs even if an earlier one fails, so one run shows every problem.
 lint: venv
-	$(VENV)/bin/lint-imports
+	@status=0; \
+	$(VENV)/bin/lint-imports || status=1; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/mypy --strict ledger/ || status=1; \
+	$(VENV)/bin/mypy arledger consumers projections || status=1; \
+	exit $$status
 
 demo: venv jars
 	$(VENV)/bin/arledger demo

@@ -170,10 +170,12 @@ class AccountState(Struct, kw_only=True):
     # -- Views as of a business date -------------------------------------------------------
 
     def credit_limit_as_of(self, as_of: dt.date) -> int:
-        return _latest_as_of(self.limits, as_of, 0)
+        limit: int = _latest_as_of(self.limits, as_of, 0)
+        return limit
 
     def grade_as_of(self, as_of: dt.date) -> str | None:
-        return _latest_as_of(self.grades, as_of, None)
+        grade: str | None = _latest_as_of(self.grades, as_of, None)
+        return grade
 
     def on_hold_as_of(self, as_of: dt.date) -> bool:
         return bool(_latest_as_of(self.holds, as_of, False))
@@ -353,11 +355,10 @@ class AccountState(Struct, kw_only=True):
             reason = "over_limit"
         else:
             reason = None
-        figures = dict(order_id=order_id, amount=amount, currency=currency, credit_limit=limit,
-                       exposure=exposure, available=limit - exposure, decided_on=day)
-        if reason is None:
-            return e.OrderApproved(reason=reason_if_approved, **figures)
-        return e.OrderBlocked(reason=reason, **figures)
+        decision: type[e.OrderApproved | e.OrderBlocked] = e.OrderApproved if reason is None else e.OrderBlocked
+        return decision(order_id=order_id, amount=amount, currency=currency, credit_limit=limit, exposure=exposure,
+                        available=limit - exposure, decided_on=day,
+                        reason=reason_if_approved if reason is None else reason)
 
     def _place_order(self, data: c.OrderPlacedData, day: dt.date, emit: Emit, policy: CreditPolicy) -> None:
         self._check_currency(data.currency)

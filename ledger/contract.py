@@ -332,7 +332,7 @@ def json_schema() -> dict[str, Any]:
             "Envelope_" + type_name.replace(".", "_"),
             [
                 ("id", EnvelopeId),
-                ("type", Literal[type_name]),  # type: ignore[valid-type]
+                ("type", Literal[type_name]),
                 ("time", Annotated[dt.datetime, Meta(description="Business date-time; no offset means UTC.")]),
                 ("customer_id", Id),
                 ("data", data_type),

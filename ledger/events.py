@@ -314,7 +314,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
 
 def event_to_data(event: DomainEvent) -> dict[str, Any]:
     """The event's fields as JSON-ready builtins, without the `kind` tag."""
-    data = msgspec.to_builtins(event)
+    data: dict[str, Any] = msgspec.to_builtins(event)
     data.pop("kind", None)
     return data
 

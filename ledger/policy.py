@@ -166,8 +166,9 @@ class GradingPolicy:
             raise ConfigError("grading.window_days must be >= 1")
         if sum(factor.weight for factor in self.factors) > SCORE_MAX:
             raise ConfigError(f"grading.factors: weights add up to more than {SCORE_MAX}")
-        values = [self.thresholds.get(grade) for grade in GRADES[:-1]]
-        if None in values or values != sorted(values, reverse=True) or len(set(values)) != len(values):
+        values = [self.thresholds[grade] for grade in GRADES[:-1] if grade in self.thresholds]
+        complete = len(values) == len(GRADES) - 1
+        if not complete or values != sorted(values, reverse=True) or len(set(values)) != len(values):
             raise ConfigError(f"grading.thresholds: A > B > C needed, got {self.thresholds}")
 
     def score(self, inputs: Mapping[str, int]) -> Score:

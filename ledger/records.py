@@ -33,7 +33,7 @@ class LedgerRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 def global_hash_body(record: LedgerRecord) -> dict[str, Any]:
     """The record without its global hash fields: what the global chain covers."""
-    body = msgspec.to_builtins(record)
+    body: dict[str, Any] = msgspec.to_builtins(record)
     del body["prev_hash_global"], body["hash_global"]
     return body
 

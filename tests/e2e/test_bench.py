@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arledger.settings import REPO_ROOT, Settings
+from arledger.settings import Settings
 from bench import report
 from bench.harness import BASELINE_KEYS, STAGE_KEYS
 from consumers import broker

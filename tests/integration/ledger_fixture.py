@@ -13,6 +13,7 @@ The fact builders are the suite's one set (`tests/builders.py`).
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from consumers.relay import ledger_record
