@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event-sourced accounts-receivable ledger on Apache Kafka with DuckDB read models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Configuration: ARLEDGER_HOME, ARLEDGER_KAFKA, ARLEDGER_BROKER_PORT, ARLEDGER_STORE, and the\n"
-        "variables of the Kafka options above (see README, 'Running in production').\n"
+        "variables of the Kafka options above (see docs/operations.md, 'Running in production').\n"
         "Run 'arledger COMMAND --help' for each command.\n\n"
         "example (an existing cluster, TLS and SCRAM; the password stays out of `ps`):\n"
         "  arledger --bootstrap-servers k1:9093,k2:9093,k3:9093 --security-protocol SASL_SSL \\\n"

@@ -213,8 +213,8 @@ def main(args: argparse.Namespace) -> int:
     report.print_table(results)
     print(f"results written to {args.out} ({results['duration_s']:.0f} s)")
     if args.update_readme:
-        report.update_readme(REPO_ROOT / "README.md", report.markdown(results))
-        print(f"README.md Performance section updated from {args.out}")
+        report.update_readme(REPO_ROOT / "docs" / "performance.md", report.markdown(results))
+        print(f"docs/performance.md updated from {args.out}")
     return 1 if results["errors"] else 0
 
 

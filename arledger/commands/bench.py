@@ -41,7 +41,7 @@ examples:
   arledger bench --quick                  # seconds: a smoke run for CI (figures meaningless)
   arledger bench --customers 2000 --rebuild-events 2000000 --out /tmp/b.json
   arledger bench --only workers,store,decisions   # some stages only
-  arledger bench --markdown bench/results/latest.json   # print the README section of a results file
+  arledger bench --markdown bench/results/latest.json   # print the Performance section of a results file
 """
 
 
@@ -68,9 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "decisions, aging (baselines included)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile stages that miss their target")
     parser.add_argument("--markdown", type=Path, metavar="FILE.json",
-                        help="print the README 'Performance' section of a results file and exit")
+                        help="print the 'Performance' section (docs/performance.md) of a results file and exit")
     parser.add_argument("--update-readme", action="store_true",
-                        help="also rewrite the README's Performance section from the results")
+                        help="also rewrite the Performance section of docs/performance.md from the results")
     parser.set_defaults(handler=run)
 
 

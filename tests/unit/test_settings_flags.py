@@ -25,7 +25,7 @@ from arledger.settings import (
     kafka_problems,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture
@@ -311,8 +311,8 @@ def test_there_is_no_flag_that_takes_the_password_itself() -> None:
     assert not {flag for flag in flags if "password" in flag} - {"--sasl-password-file"}
 
 
-def test_the_readme_production_table_lists_every_flag_and_variable() -> None:
-    section = README.read_text().split("## Running in production", 1)[1].split("\n## ", 1)[0]
+def test_the_production_table_of_the_operations_doc_lists_every_flag_and_variable() -> None:
+    section = OPERATIONS_DOC.read_text().split("## Running in production", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
 
     for option in KAFKA_OPTIONS:
