@@ -38,7 +38,7 @@ UNKNOWN_CUSTOMER = fact("sale.recorded", {"invoice_id": "INV-9", "amount": 1_000
 CONFLICTING_DUPLICATE = {**B1_SALE, "data": {**B1_SALE["data"], "amount": 999_999}}
 # Same id and content as B1_SALE, only key order and spacing differ: an exact duplicate.
 EXACT_DUPLICATE = (b'{"customer_id": "B1", "time": "2026-03-01T10:00:00Z", "type": "sale.recorded", "id": "b1-s1", '
-                   b'"source": "it", "data": {"issued_on": "2026-03-01", "currency": "EUR", "amount": 100000, '
+                   b'"source": "test", "data": {"issued_on": "2026-03-01", "currency": "EUR", "amount": 100000, '
                    b'"invoice_id": "INV-1"}}')
 WRONG_KEY = fact("sale.recorded", {"invoice_id": "INV-B3", "amount": 1_000, "currency": "USD", "issued_on": "2026-04-02"},
                  id="b2-wrong-key", customer_id="B2", on="2026-04-02")
