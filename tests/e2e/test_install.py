@@ -44,8 +44,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(source)],
                             capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        capture_output=True, text=True, check=True).stdout.strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site_packages = Path(subprocess.run([str(python), "-c", purelib], capture_output=True, text=True,
+                                        check=True).stdout.strip())
     # The dependencies (kafka-python, duckdb, ...) from this environment, after the installed package on sys.path.
     (site_packages / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     shutil.rmtree(source)  # nothing may be read from the copy of the tree once installed

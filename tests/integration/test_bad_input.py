@@ -9,39 +9,31 @@ from typing import Any
 
 from arledger.settings import TOPIC_DECISIONS, TOPIC_INBOUND, TOPIC_REJECTED, Settings
 from helpers import ingest_wait, line, produce, read_topic, report, running_workers, write_jsonl
-from tests.builders import fact
+from tests.builders import fact, payment, registered, sale
 
 AS_OF = "2026-04-15"
 
-B1_REGISTERED = fact("customer.registered", {"name": "Bravo One", "currency": "EUR", "credit_limit": 500_000, "payment_terms_days": 30},
-                     id="b1-reg", customer_id="B1", on="2026-01-02")
-B2_REGISTERED = fact("customer.registered", {"name": "Bravo Two", "currency": "USD", "credit_limit": 100_000, "payment_terms_days": 30,
-                          "salesperson": "dee"},
-                     id="b2-reg", customer_id="B2", on="2026-01-03")
+B1_REGISTERED = registered(limit=500_000, terms=30, on="2026-01-02", customer_id="B1", id="b1-reg", name="Bravo One")
+B2_REGISTERED = registered(limit=100_000, terms=30, currency="USD", on="2026-01-03", customer_id="B2", id="b2-reg",
+                           name="Bravo Two", salesperson="dee")
 # Due 03-01 + 30 d = 03-31.
-B1_SALE = fact("sale.recorded", {"invoice_id": "INV-1", "amount": 100_000, "currency": "EUR", "issued_on": "2026-03-01"},
-               id="b1-s1", customer_id="B1", on="2026-03-01")
-B1_PAYMENT = fact("payment.received", {"payment_id": "P-1", "amount": 40_000, "currency": "EUR", "received_on": "2026-03-15"},
-                  id="b1-p1", customer_id="B1", on="2026-03-15")
-B2_SALE = fact("sale.recorded", {"invoice_id": "INV-B2", "amount": 5_000, "currency": "USD", "issued_on": "2026-04-01"},
-               id="b2-s1", customer_id="B2", on="2026-04-01")
-NEGATIVE = fact("sale.recorded", {"invoice_id": "INV-2", "amount": -500, "currency": "EUR", "issued_on": "2026-03-02"},
-                id="b1-neg", customer_id="B1", on="2026-03-02")
+B1_SALE = sale("INV-1", 100_000, issued_on="2026-03-01", customer_id="B1", id="b1-s1")
+B1_PAYMENT = payment("P-1", 40_000, received_on="2026-03-15", customer_id="B1", id="b1-p1")
+B2_SALE = sale("INV-B2", 5_000, issued_on="2026-04-01", currency="USD", customer_id="B2", id="b2-s1")
+NEGATIVE = sale("INV-2", -500, issued_on="2026-03-02", customer_id="B1", id="b1-neg")
 
 # Each bad line with the reason it must be rejected for.
 MALFORMED_JSON = b'{"id": "bad-json", "type": "sale.recorded", "customer_id": "B1", "data": {'
 NOT_UTF8 = b'{"id": "caf\xe9-1", "type": "customer.registered", "customer_id": "B3", "data": {}}'
 UNKNOWN_TYPE = fact("invoice.teleported", {"invoice_id": "INV-1"},
                     id="b1-teleport", customer_id="B1", on="2026-03-03")
-UNKNOWN_CUSTOMER = fact("sale.recorded", {"invoice_id": "INV-9", "amount": 1_000, "currency": "EUR", "issued_on": "2026-03-03"},
-                        id="nobody-s1", customer_id="NOBODY", on="2026-03-03")
+UNKNOWN_CUSTOMER = sale("INV-9", 1_000, issued_on="2026-03-03", customer_id="NOBODY", id="nobody-s1")
 CONFLICTING_DUPLICATE = {**B1_SALE, "data": {**B1_SALE["data"], "amount": 999_999}}
 # Same id and content as B1_SALE, only key order and spacing differ: an exact duplicate.
 EXACT_DUPLICATE = (b'{"customer_id": "B1", "time": "2026-03-01T10:00:00Z", "type": "sale.recorded", "id": "b1-s1", '
                    b'"source": "test", "data": {"issued_on": "2026-03-01", "currency": "EUR", "amount": 100000, '
                    b'"invoice_id": "INV-1"}}')
-WRONG_KEY = fact("sale.recorded", {"invoice_id": "INV-B3", "amount": 1_000, "currency": "USD", "issued_on": "2026-04-02"},
-                 id="b2-wrong-key", customer_id="B2", on="2026-04-02")
+WRONG_KEY = sale("INV-B3", 1_000, issued_on="2026-04-02", currency="USD", customer_id="B2", id="b2-wrong-key")
 
 FILE = [B1_REGISTERED, MALFORMED_JSON, B1_SALE, NOT_UTF8, UNKNOWN_TYPE, B2_REGISTERED, UNKNOWN_CUSTOMER,
         CONFLICTING_DUPLICATE, NEGATIVE, EXACT_DUPLICATE, B1_PAYMENT, B2_SALE]

@@ -31,7 +31,7 @@ from consumers.publisher import end_offsets, publish_lines, wait_for_outcomes
 from consumers.topics import admin_client, ensure_topics
 from helpers import (Workers, env_of, ledger_counts, line, projection_rows, query, read_topic, running_workers,
                      settings_on, wait_until)
-from tests.builders import fact
+from tests.builders import fact, registered
 from ledger.application import Ledger
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,7 @@ pytestmark = pytest.mark.slow
 FAULT_POINTS = ("ingest.after_store_commit", "ingest.after_reject_publish", "relay.after_chain_saved",
                 "relay.after_publish", "project.mid_transaction")
 WAIT_TIMEOUT_S = 120.0  # a restarted ingest worker rejoins its group only after the dead member's session expires
-WARM_UP = line(fact("customer.registered", {"name": "Warm-up", "currency": "EUR", "credit_limit": 0, "payment_terms_days": 30},
-                    id="warm-up-reg", customer_id="WARM", on="2026-01-01"))
+WARM_UP = line(registered(limit=0, terms=30, on="2026-01-01", customer_id="WARM", id="warm-up-reg", name="Warm-up"))
 
 
 def workload() -> list[bytes]:

@@ -68,8 +68,7 @@ BATCH_1 = [
     payment("c1-p2", "C1", "2026-04-05", "P-2", 110_000, "EUR", method="transfer",
             allocations=[{"invoice_id": "INV-1002", "amount": 100_000}]),
     # Latest installment first: INV-1002 #3 80,000 → 50,000 from 04-10.
-    fact("credit_note.issued", {"credit_note_id": "CN-1", "invoice_id": "INV-1002", "amount": 30_000, "reason": "damaged goods"},
-         id="c1-cn1", customer_id="C1", on="2026-04-10"),
+    b.credit_note("CN-1", "INV-1002", 30_000, on="2026-04-10", customer_id="C1", id="c1-cn1", reason="damaged goods"),
     # 04-20: INV-1003 is 50 days past due and still 15,000 open → blocked. Exposure = 40,000 + 15,000 +
     # 60,000 + 50,000 = 165,000; available 1,000,000 − 165,000 = 835,000.
     order("c1-o2", "C1", "2026-04-20", "O-2", 50_000, "EUR"),
@@ -102,8 +101,8 @@ BATCH_1 = [
     payment("c3-p31", "C3", "2026-02-20", "P-31", 30_000, "EUR", allocations=[{"invoice_id": "INV-3001", "amount": 30_000}]),
     # 45,000 ≤ 50,000 creditable: INV-3001 20,000 → 0; the excess 25,000 goes to INV-3002 (80,000 → 55,000),
     # all from 03-01.
-    fact("credit_note.issued", {"credit_note_id": "CN-31", "invoice_id": "INV-3001", "amount": 45_000, "reason": "price correction"},
-         id="c3-cn31", customer_id="C3", on="2026-03-01"),
+    b.credit_note("CN-31", "INV-3001", 45_000, on="2026-03-01", customer_id="C3", id="c3-cn31",
+                  reason="price correction"),
     # All that is open: INV-3002 55,000 → 0 from 04-01, written off.
     fact("invoice.written_off", {"invoice_id": "INV-3002", "reason": "customer insolvent"},
          id="c3-wo3002", customer_id="C3", on="2026-04-01"),
