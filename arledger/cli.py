@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "arledger.commands.demo",
     "arledger.commands.bench",
     "arledger.commands.soak",
+    "arledger.commands.backup",
 )
 
 
