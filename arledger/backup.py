@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -39,6 +40,7 @@ READMODEL_DIR = "readmodel"
 SQLITE_BACKUP_PAGES = 1_024  # pages per step: the writer gets the lock between steps (online backup)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_TOOL_TIMEOUT_S = 3_600.0
+TOPIC_READ_TIMEOUT_S = 10.0
 
 
 class BackupError(Exception):
@@ -246,6 +248,44 @@ def _home_in_use(settings: Settings) -> list[str]:
     return found
 
 
+def ledger_topic_head(settings: Settings) -> int | None:
+    """The highest position on ar.ledger (the last record of each partition), or None when Kafka cannot be
+    reached or the topic is empty."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    from arledger.settings import TOPIC_LEDGER
+    from consumers import clients
+    from consumers.publisher import end_offsets
+
+    topic = settings.topic(TOPIC_LEDGER)
+    try:
+        end = end_offsets(settings, topic)
+        consumer = clients.assigned_consumer(settings, "arledger-restore", 1)
+    except (KafkaError, OSError, RuntimeError):
+        return None
+    head = None
+    try:
+        for partition, offset in end.items():
+            if offset <= 0:
+                continue
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset - 1)
+            deadline = time.monotonic() + TOPIC_READ_TIMEOUT_S
+            while time.monotonic() < deadline:
+                records = consumer.poll(timeout_ms=500).get(tp, [])
+                if records:
+                    position = json.loads(records[-1].value)["position"]
+                    head = position if head is None else max(head, position)
+                    break
+    except (KafkaError, OSError, ValueError, KeyError):
+        return None
+    finally:
+        consumer.close()
+    return head
+
+
 def restore(settings: Settings, src: Path) -> dict[str, Any]:
     """Restore a backup into the empty home (and empty store) of `settings`; returns what was restored."""
     manifest = read_manifest(src)
@@ -284,7 +324,7 @@ def restore(settings: Settings, src: Path) -> dict[str, Any]:
         shutil.copyfile(src / entry["file"], settings.home / name.replace("snapshot", "projections", 1))
         restored_models.append(name)
     return {"manifest": manifest, "store": kind, "read_models": restored_models,
-            "ledger": _ledger_head(settings.store_url)}
+            "ledger": _ledger_head(settings.store_url), "ledger_topic_head": ledger_topic_head(settings)}
 
 
 def _require_empty_database(store_url: str) -> None:

@@ -725,12 +725,24 @@ def _soak_on(stack: Stack, folder: Path, options: SoakOptions, lines: list[bytes
         "faults": len(watcher.faults), "faults_recovered": len(recoveries),
         "recovery_s_p50": percentile(recoveries, 0.5), "recovery_s_p99": percentile(recoveries, 0.99),
         "recovery_s_max": max(recoveries) if recoveries else None,
+        "recovery_s_by_fault": {kind: {"faults": len(times), "p50": percentile(times, 0.5),
+                                       "p99": percentile(times, 0.99)}
+                                for kind, times in _by_kind(watcher.faults).items()},
         "ingest_counts": dict(counts),
     }
     ok = all(check["ok"] for check in checks.values()) and len(recoveries) == len(watcher.faults)
     return {"ok": ok, "figures": figures, "checks": checks, "timeline": timeline,
             "faults": [vars(f) | {"targets": None} for f in watcher.faults],
             "verify": verified["report"], "as_of": last_day, "period_from": period_from}
+
+
+def _by_kind(faults: list[Fault]) -> dict[str, list[float]]:
+    """Recovery times per kind of fault: 'kill' (any worker) and the broker restart."""
+    found: dict[str, list[float]] = {}
+    for fault in faults:
+        if fault.recovered_s is not None:
+            found.setdefault("kill" if fault.kind.startswith("kill:") else "broker", []).append(fault.recovered_s)
+    return found
 
 
 def clean_run(stack: Stack, folder: Path, tag: str, lines: list[bytes]) -> dict[str, Any]:
@@ -770,6 +782,8 @@ def summary(results: dict[str, Any]) -> str:
         "at the offered rate)",
         f"  recovery time          p50 {f['recovery_s_p50']} s, p99 {f['recovery_s_p99']} s, max "
         f"{f['recovery_s_max']} s over {f['faults_recovered']}/{f['faults']} faults",
+        f"  recovery by fault      " + ", ".join(f"{kind}: p50 {v['p50']} s, p99 {v['p99']} s ({v['faults']})"
+                                               for kind, v in f["recovery_s_by_fault"].items()),
         f"  load / drain           {f['load_seconds']} s / {f['drain_seconds']} s",
         "checks:",
         f"  every record has exactly one outcome        {mark[c['one_outcome_each']['ok']]}  "
