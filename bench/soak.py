@@ -599,6 +599,7 @@ def _soak_on(stack: Stack, folder: Path, options: SoakOptions, lines: list[bytes
     from consumers.publisher import wait_for_outcomes
 
     tag = f"{int(time.time())}"
+    load_start = round(os.getloadavg()[0], 2)
     soak_home = folder / "soak-home"
     env = home_env(stack, soak_home, f"soak{tag}.", stack.store_url(f"soak{tag}", soak_home))
     settings = settings_of(env)
@@ -711,6 +712,8 @@ def _soak_on(stack: Stack, folder: Path, options: SoakOptions, lines: list[bytes
         "workers_stopped_cleanly": {"exit_status": run_status, "ok": run_status == 0},
     }
     figures = {
+        "load_average_1min_start_end": [load_start, round(os.getloadavg()[0], 2)],  # a shared machine shows here
+        "cpu_count": os.cpu_count(),
         "minutes": options.minutes, "store": options.store, "cluster": options.cluster,
         "workers": options.workers, "rate_offered_per_s": options.rate,
         "records_offered": len(published), "sends_failed": failed_sends,
