@@ -14,8 +14,10 @@ KAFKA_DIR := deploy/kafka
 JARS_DIR := $(KAFKA_DIR)/lib
 JARS_STAMP := $(JARS_DIR)/.arledger-fetched
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 60
+SOAK_ARGS ?=
 
-.PHONY: help system-deps venv jars test test-fast lint demo bench broker-start broker-stop broker-status clean distclean
+.PHONY: help system-deps venv jars test test-fast lint demo bench soak broker-start broker-stop broker-status clean distclean
 
 help:
 	@echo "make venv          create $(VENV) ($(PYTHON)) and pip install -e '.[test]' (again only when pyproject.toml changes)"
@@ -24,6 +26,7 @@ help:
 	@echo "make test-fast     the tests not marked slow"
 	@echo "make lint          import contracts, ruff check, mypy (strict on ledger/)"
 	@echo "make demo | bench  run 'arledger demo' / 'arledger bench'"
+	@echo "make soak          'arledger soak --minutes $(SOAK_MINUTES)' (SOAK_MINUTES, default 60; e.g. make soak SOAK_MINUTES=2 SOAK_ARGS='--store postgresql')"
 	@echo "make broker-start | broker-stop | broker-status   the local broker (ARLEDGER_HOME, ARLEDGER_BROKER_PORT)"
 	@echo "make clean         remove the jars and caches; make distclean also removes $(VENV)"
 
@@ -81,6 +84,10 @@ demo: venv jars
 
 bench: venv jars
 	$(VENV)/bin/arledger bench
+
+# Load with random worker kills and a broker restart, then every invariant checked (docs/reliability.md).
+soak: venv jars
+	$(VENV)/bin/arledger soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 broker-start: venv jars
 	$(VENV)/bin/arledger broker start

@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "arledger.commands.sql",
     "arledger.commands.demo",
     "arledger.commands.bench",
+    "arledger.commands.soak",
+    "arledger.commands.backup",
 )
 
 
