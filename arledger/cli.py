@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "arledger.commands.sql",
     "arledger.commands.demo",
     "arledger.commands.bench",
+    "arledger.commands.serve",
 )
 
 
