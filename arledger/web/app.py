@@ -257,17 +257,17 @@ async def post_envelopes(request: Request) -> Response:
         items, batch = envelopes.parse_body(body, content_type)
     except envelopes.BadBody as bad:
         return problem(bad.status, bad.reason, bad.message)
+    forbidden = sorted({item["type"] for item in items if isinstance(item.get("type"), str)
+                        and not principal.can(auth.right_for_type(item["type"]))})
+    if forbidden:
+        return problem(403, "forbidden", f"the role {principal.role!r} may not send {', '.join(forbidden)}; "
+                       "nothing was sent")
     checked = [envelopes.check(index, item) for index, item in enumerate(items)]
     refused = [c for c in checked if c.reason]
     if refused:
         return problem(422, "invalid_envelopes", f"{len(refused)} of {len(checked)} envelopes refused; "
                        "nothing was sent", errors=[{"index": c.index, "id": _id_of(c.envelope), "reason": c.reason,
                                                     "message": c.message} for c in refused])
-    forbidden = sorted({c.envelope["type"] for c in checked
-                        if not principal.can(auth.right_for_type(c.envelope["type"]))})
-    if forbidden:
-        return problem(403, "forbidden", f"the role {principal.role!r} may not send {', '.join(forbidden)}; "
-                       "nothing was sent")
     ids = [c.envelope["id"] for c in checked]
     if len(set(ids)) != len(ids):
         return problem(422, "duplicate_ids", "the same envelope id twice in one batch; nothing was sent")

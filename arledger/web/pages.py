@@ -182,7 +182,7 @@ def calendar_page(request: Request) -> Response:
     for offset in range(CALENDAR_DAYS + 1):
         day = reader.as_of + dt.timedelta(days=offset)
         days.append({"day": day, "promises": [p for p in due_promises if p["promised_on"] == day.isoformat()],
-                     "items": [i for i in falling_due if _day(i["due_on"]) == day]})
+                     "due": [i for i in falling_due if _day(i["due_on"]) == day]})
     return render(request, "calendar.html", as_of=reader.as_of, days=days, broken=broken,
                   falling_due_count=len(falling_due), due_promise_count=len(due_promises))
 
@@ -310,12 +310,12 @@ def _required(form: dict[str, str], name: str) -> str:
 async def _send(request: Request, principal: Principal, type_: str, customer_id: str,
                 payload: dict[str, Any], back: str) -> Response:
     web = _app().web_of(request)
-    if web.outbox is None or not web.outbox.ready:
-        raise _app().Unavailable("the server is not connected to Kafka: nothing was sent")
     envelope = envelopes.new_envelope(type_, customer_id, payload, source=f"arledger-web/{principal.name}")
     checked = envelopes.check(0, envelope)
     if checked.reason:
         raise HTTPException(422, f"{checked.reason}: {checked.message}")
+    if web.outbox is None or not web.outbox.ready:
+        raise _app().Unavailable("the server is not connected to Kafka: nothing was sent")
     await run_in_threadpool(web.outbox.send, [(envelope, checked.line)], principal.name)
     return RedirectResponse(f"/sent/{quote(envelope['id'])}?back={quote(back)}", status_code=303)
 
