@@ -324,7 +324,7 @@ def credit_check(request: Request) -> Response:
     except UnknownCustomer as error:
         raise data.NotFound(str(error)) from None
     finally:
-        cursor.close()
+        web.read_model.release(cursor)
     return JSON(result)
 
 
@@ -342,7 +342,7 @@ def get_report(request: Request) -> Response:
     try:
         report = data.run_report(cursor, name, request.query_params)
     finally:
-        cursor.close()
+        web.read_model.release(cursor)
     if fmt == "json":
         return JSON(report.document)
     stem = f"{name}-{request.query_params.get('as_of') or data.today().isoformat()}"

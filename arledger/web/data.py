@@ -44,14 +44,24 @@ class NotFound(LookupError):
 
 
 class ReadModel:
-    """A read-only connection on the latest published read model, reopened when a new one is published."""
+    """A read-only connection on the latest read model, reopened when a new one is published.
+
+    DuckDB keeps one database instance per path and process: connecting again to a path whose instance is
+    still open returns the old instance, so a newly published file (atomic rename) is seen only after every
+    connection to the old one is closed. Each request therefore leases a cursor; when the published file
+    changes, new leases wait until the ones in flight are returned, the old connection is closed, and the new
+    file is opened.
+    """
+
+    SWITCH_WAIT_S = 10.0  # requests take milliseconds; past this a stuck one is not waited for
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._key: tuple | None = None
         self._connection: duckdb.DuckDBPyConnection | None = None
-        self._retired: list[duckdb.DuckDBPyConnection] = []
+        self._in_flight = 0
+        self._switching = False
 
     def _published(self) -> tuple:
         key = []
@@ -64,38 +74,56 @@ class ReadModel:
         return tuple(key)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor of its own for one request (DuckDB connections are not shared between threads)."""
+        """A cursor of its own for one request (give it back with `release`)."""
         key = self._published()
         if not key:
             raise NoReadModel(f"no read model under {self.settings.home} yet: is 'arledger run' running?")
-        with self._lock:
+        with self._changed:
+            while self._switching:
+                self._changed.wait()
             if key != self._key or self._connection is None:
-                connection = readmodel.open_read_model(self.settings)
-                shards = len(key)
-                if shards > 1:
-                    alert_rules.union_alerts(connection, [f"shard{index}" for index in range(shards)])
-                # The previous connection may still serve a request: closed one generation later.
-                for old in self._retired:
-                    old.close()
-                self._retired = [self._connection] if self._connection is not None else []
-                self._connection, self._key = connection, key
+                self._switch(key)
+            self._in_flight += 1
             return self._connection.cursor()
+
+    def _switch(self, key: tuple) -> None:
+        self._switching = True
+        try:
+            self._changed.wait_for(lambda: self._in_flight == 0, timeout=self.SWITCH_WAIT_S)
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            connection = readmodel.open_read_model(self.settings)
+            if len(key) > 1:
+                alert_rules.union_alerts(connection, [f"shard{index}" for index in range(len(key))])
+            self._connection, self._key = connection, key
+        finally:
+            self._switching = False
+            self._changed.notify_all()
+
+    def release(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        try:
+            cursor.close()
+        finally:
+            with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
 
     def ledger_offsets(self) -> dict[int, int]:
         """{partition: next offset} of ar.ledger the published read model reflects."""
         cursor = self.cursor()
         try:
-            rows = cursor.execute("SELECT partition, max(next_offset) FROM projection_offsets WHERE topic = ? "
-                                  "GROUP BY partition", [self.settings.topic(TOPIC_LEDGER)]).fetchall()
+            rows = cursor.execute('SELECT "partition", max(next_offset) FROM projection_offsets WHERE topic = ? '
+                                  'GROUP BY "partition"', [self.settings.topic(TOPIC_LEDGER)]).fetchall()
         finally:
-            cursor.close()
+            self.release(cursor)
         return dict(rows)
 
     def close(self) -> None:
-        with self._lock:
-            for connection in [*self._retired, *([self._connection] if self._connection else [])]:
-                connection.close()
-            self._connection, self._retired, self._key = None, [], None
+        with self._changed:
+            if self._connection is not None:
+                self._connection.close()
+            self._connection, self._key = None, None
 
 
 # -- parameters ------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class Reader:
         return [dict(zip(columns, row)) for row in result.fetchall()]
 
     def close(self) -> None:
-        self.cursor.close()
+        _app().web_of(self.request).read_model.release(self.cursor)
 
 
 def _months_back(day: dt.date, count: int) -> list[tuple[dt.date, dt.date]]:
