@@ -415,13 +415,18 @@ def create_app(settings: Settings, *, kafka: bool = True, outbox: Outbox | None 
     return app
 
 
+MONEY_MAJOR_MAX = decimal.Decimal(2**53) / 100  # the ledger's largest amount (ledger.contract.AMOUNT_MAX), in units
+
+
 def parse_money(text: str, what: str) -> int:
     """'1234.5' → 123450 minor units (two decimals); anything else a 400 with the reason."""
     try:
         value = decimal.Decimal(text.strip().replace(",", ""))
     except (decimal.InvalidOperation, AttributeError):
         raise data.BadParameter(f"{what} must be an amount like 1234.56, got {text!r}") from None
-    if not value.is_finite() or value != value.quantize(decimal.Decimal("0.01")):
+    if not value.is_finite() or abs(value) >= MONEY_MAJOR_MAX:
+        raise data.BadParameter(f"{what} must be an amount below {MONEY_MAJOR_MAX:,}, got {text!r}")
+    if value != value.quantize(decimal.Decimal("0.01")):
         raise data.BadParameter(f"{what} must have at most two decimals, got {text!r}")
     return int(value * 100)
 

@@ -184,6 +184,26 @@ class UserStore:
         return Principal(f"token:{row[0]}", row[1], "token")
 
 
+DEMO_USERS = (("demo-viewer", "viewer"), ("demo-collector", "collector"), ("demo-controller", "controller"),
+              ("demo-admin", "admin"))
+
+
+def seed_demo_users(home: Path) -> dict[str, tuple[str, str]]:
+    """One user per role with a fresh random password each demo run: {name: (role, password)}; also written to
+    $ARLEDGER_HOME/demo/web-users.txt (mode 600) so the demo's reader can sign in later."""
+    store = UserStore(home / "web-users.sqlite")
+    users = {}
+    for name, role in DEMO_USERS:
+        password = secrets.token_urlsafe(9)
+        store.add_user(name, role, password, replace=True)
+        users[name] = (role, password)
+    path = home / "demo" / "web-users.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{name}\t{role}\t{password}\n" for name, (role, password) in users.items()))
+    return users
+
+
 def secret_key(home: Path) -> str:
     """The key that signs session cookies: $ARLEDGER_HOME/web-secret, made (mode 600) on first use."""
     path = home / "web-secret"

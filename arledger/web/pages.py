@@ -91,7 +91,7 @@ def overview(request: Request) -> Response:
         exposure_rows = reader.report("exposure").document["rows"]
         allowance = reader.report("allowance").document
         alerts = reader.report("alerts", since=reader.as_of.isoformat()).document["rows"]
-        trend: dict[str, list[float | None]] = {"DSO": [], "countback DSO": [], "CEI %": [], "回款率 %": []}
+        trend: dict[str, list[float | None]] = {"DSO": [], "countback DSO": [], "CEI %": [], "collection rate %": []}
         labels = []
         main_currency = max(aging["totals"], key=lambda c: aging["totals"][c]["total"]) if aging["totals"] else None
         for start, end in _months_back(reader.as_of, months):
@@ -101,7 +101,7 @@ def overview(request: Request) -> Response:
             trend["DSO"].append(figures.get("dso"))
             trend["countback DSO"].append(figures.get("countback_dso"))
             trend["CEI %"].append(figures.get("cei"))
-            trend["回款率 %"].append(figures.get("collection_rate"))
+            trend["collection rate %"].append(figures.get("collection_rate"))
         collection = reader.report("worklist", by="salesperson", **{"from": reader.as_of.replace(day=1).isoformat(),
                                                                     "to": reader.as_of.isoformat()}).document
     finally:
@@ -113,7 +113,7 @@ def overview(request: Request) -> Response:
         charts["aging"] = svg.bars(aging["buckets"], [total[b] for b in aging["buckets"]],
                                    f"AR by bucket ({main_currency})")
     charts["trend_days"] = svg.lines(labels, {k: trend[k] for k in ("DSO", "countback DSO")}, "DSO by month (days)")
-    charts["trend_pct"] = svg.lines(labels, {k: trend[k] for k in ("CEI %", "回款率 %")}, "CEI and 回款率 by month (%)")
+    charts["trend_pct"] = svg.lines(labels, {k: trend[k] for k in ("CEI %", "collection rate %")}, "CEI and collection rate (回款率) by month (%)")
     charts["exposure"] = svg.usage_bars([(row["customer_id"], row["exposure"], row["credit_limit"]) for row in largest],
                                         "Largest exposures against their limits")
     return render(request, "overview.html", as_of=reader.as_of, known_at=reader.query.get("known_at") or "",
