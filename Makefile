@@ -15,7 +15,7 @@ JARS_DIR := $(KAFKA_DIR)/lib
 JARS_STAMP := $(JARS_DIR)/.arledger-fetched
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv jars test test-fast lint demo bench broker-start broker-stop broker-status clean distclean
+.PHONY: help system-deps venv jars test test-fast lint demo bench serve broker-start broker-stop broker-status clean distclean
 
 help:
 	@echo "make venv          create $(VENV) ($(PYTHON)) and pip install -e '.[test]' (again only when pyproject.toml changes)"
@@ -23,6 +23,7 @@ help:
 	@echo "make test          the whole test suite (starts its own Kafka broker) and the import contracts"
 	@echo "make test-fast     the tests not marked slow"
 	@echo "make demo | bench  run 'arledger demo' / 'arledger bench'"
+	@echo "make serve         run 'arledger serve' (the web workspace and HTTP API, http://127.0.0.1:8080/)"
 	@echo "make broker-start | broker-stop | broker-status   the local broker (ARLEDGER_HOME, ARLEDGER_BROKER_PORT)"
 	@echo "make clean         remove the jars and caches; make distclean also removes $(VENV)"
 
@@ -89,3 +90,7 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# The web workspace and HTTP API beside the workers (users: arledger user add NAME --role ROLE).
+serve: venv
+	$(VENV)/bin/arledger serve

@@ -166,3 +166,16 @@ def test_charts_are_png_images() -> None:
               charts.exposure_vs_limit(exposure, "EUR")]
 
     assert all(image.startswith(PNG_SIGNATURE) and len(image) > 1_000 for image in images)
+
+
+@pytest.mark.slow
+def test_the_demo_ends_with_the_workspace_address_and_its_users(demo_run) -> None:
+    from arledger.web.auth import DEMO_USERS, UserStore
+
+    result, home, _ = demo_run
+    tail = result.stdout[result.stdout.index("Web workspace"):]
+    assert "arledger serve" in tail and "http://127.0.0.1:8080/" in tail
+    store = UserStore(home / "web-users.sqlite")
+    for name, role in DEMO_USERS:
+        password = tail.split(name, 1)[1].split("password", 1)[1].split()[0]
+        assert store.authenticate(name, password).role == role
