@@ -28,6 +28,11 @@ SYNTHETIC_CUSTOMERS = 50_000
 SYNTHETIC_ITEMS = SYNTHETIC_CUSTOMERS * 20
 
 
+# The synthetic read model has items and movements but no documents (invoices, payments): a statement of it
+# does not balance, so the customer page is measured on the workload's read model only.
+SYNTHETIC_SKIPS = {"customer": "the synthetic read model has no documents for a statement"}
+
+
 def _percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -53,7 +58,7 @@ def endpoints(customer_id: str, as_of: dt.date) -> dict[str, tuple[str, str]]:
 
 
 def serve_times(base: Settings, home: Path, read_model: Path, as_of: dt.date, calls: int,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[[str], None], skip: dict[str, str] | None = None) -> dict[str, Any]:
     """p50/p99/max of each endpoint over `calls` calls on the read model at `read_model`."""
     from starlette.testclient import TestClient
 
@@ -71,6 +76,9 @@ def serve_times(base: Settings, home: Path, read_model: Path, as_of: dt.date, ca
         headers = {"Authorization": f"Bearer {token}"}
         customer_id = _busiest_customer(client, headers, as_of)
         for name, (kind, path) in endpoints(customer_id, as_of).items():
+            if name in (skip or {}):
+                figures[name] = {"skipped": skip[name]}
+                continue
             first = client.get(path, headers=headers)  # warm-up (and a check that it answers)
             if first.status_code != 200:
                 figures[name] = {"error": f"HTTP {first.status_code}: {first.text[:200]}"}
@@ -126,5 +134,6 @@ def measure_web(base: Settings, ledger_values: Sequence[bytes], ledger_topic: st
     say(f"web: building a synthetic read model of {items // 20:,} customers ...")
     stages.build_aging_file(path, items, as_of)
     results["synthetic"] = {"customers": items // 20, "open_items": items,
-                            **serve_times(base, home / "web-synthetic", path, as_of, max(3, calls // 3), say)}
+                            **serve_times(base, home / "web-synthetic", path, as_of, max(3, calls // 3), say,
+                                         skip=SYNTHETIC_SKIPS)}
     return results

@@ -87,7 +87,9 @@ def overview(request: Request) -> Response:
         months = data.int_param(reader.query, "months", minimum=1) or KPI_MONTHS_DEFAULT
         months = min(months, 24)
         aging = reader.report("aging").document
-        by_salesperson = reader.report("aging", by="salesperson").document["rows"]
+        keys = reports.dimension_keys(reader.cursor, "salesperson", reader.as_of, reader.known_at)
+        by_salesperson = reports.group_rows(aging["rows"], keys, "salesperson",
+                                            [*aging["buckets"], "open", "unapplied", "total"])
         exposure_rows = reader.report("exposure").document["rows"]
         allowance = reader.report("allowance").document
         alerts = reader.report("alerts", since=reader.as_of.isoformat()).document["rows"]
@@ -216,7 +218,11 @@ def customer_page(request: Request) -> Response:
         statement = reader.report("statement", customer=customer_id, **{"from": date_from.isoformat()}).document
         items = reader.report("open-items", customer=customer_id, open_only="1").document["rows"]
         history = reader.report("history", customer=customer_id).document["rows"]
-        grades = reader.report("grades", customer=customer_id).document["rows"]
+        # the latest computed grade as of the date (the whole grades report would score every customer)
+        grades = reader.rows("SELECT grade AS computed_grade, score, computed_on FROM computed_grades "
+                             "WHERE customer_id = ? AND computed_on <= ? AND recorded_at <= ? "
+                             "ORDER BY computed_on DESC, position DESC LIMIT 1",
+                             [customer_id, reader.as_of, reports.known_at_param(reader.known_at)])
         promises = [p for p in reader.report("promises").document["rows"] if p["customer_id"] == customer_id]
         alerts = reader.report("alerts", customer=customer_id).document["rows"][-20:]
         actions = reader.rows("SELECT action_on, action, invoice_id, outcome, note, taken_by FROM collection_actions "
