@@ -46,6 +46,7 @@ def endpoints(customer_id: str, as_of: dt.date) -> dict[str, tuple[str, str]]:
         "overview": ("page", f"/?as_of={day}"),
         "worklist": ("page", f"/worklist?as_of={day}"),
         "calendar": ("page", f"/calendar?as_of={day}"),
+        "collections": ("page", f"/collections?as_of={day}"),
         "customer": ("page", f"/customers/{customer_id}?as_of={day}"),
         "credit_queue": ("page", "/credit-queue"),
         "downloads": ("page", "/downloads"),

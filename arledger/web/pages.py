@@ -104,8 +104,6 @@ def overview(request: Request) -> Response:
             trend["countback DSO"].append(figures.get("countback_dso"))
             trend["CEI %"].append(figures.get("cei"))
             trend["collection rate %"].append(figures.get("collection_rate"))
-        collection = reader.report("worklist", by="salesperson", **{"from": reader.as_of.replace(day=1).isoformat(),
-                                                                    "to": reader.as_of.isoformat()}).document
     finally:
         reader.close()
     largest = sorted(exposure_rows, key=lambda row: -row["exposure"])[:10]
@@ -120,7 +118,19 @@ def overview(request: Request) -> Response:
                                         "Largest exposures against their limits")
     return render(request, "overview.html", as_of=reader.as_of, known_at=reader.query.get("known_at") or "",
                   aging=aging, by_salesperson=by_salesperson, largest=largest, allowance=allowance, alerts=alerts,
-                  charts=charts, collection=collection["rows"], main_currency=main_currency, months=months)
+                  charts=charts, main_currency=main_currency, months=months)
+
+
+def collections_page(request: Request) -> Response:
+    """Per-salesperson collection figures for a period (default: the month of as_of to date)."""
+    reader = Reader(request)
+    try:
+        date_from = data.date_param(reader.query, "from", reader.as_of.replace(day=1))
+        report = reader.report("worklist", by="salesperson",
+                               **{"from": date_from.isoformat(), "to": reader.as_of.isoformat()}).document
+    finally:
+        reader.close()
+    return render(request, "collections.html", as_of=reader.as_of, date_from=date_from, rows=report["rows"])
 
 
 # -- worklist ------------------------------------------------------------------------------------------
@@ -377,6 +387,7 @@ def routes() -> list[Route]:
         Route("/", overview),
         Route("/worklist", worklist_page),
         Route("/calendar", calendar_page),
+        Route("/collections", collections_page),
         Route("/customers", customers_page),
         Route("/customers/{customer_id:path}", customer_page),
         Route("/credit-queue", credit_queue),

@@ -303,7 +303,8 @@ def test_pages_need_a_sign_in_and_a_wrong_password_is_refused(world: WebWorld) -
 
 def test_a_viewer_sees_no_write_button_and_is_refused_a_write(world: WebWorld) -> None:
     with sign_in(world, "vera") as viewer:
-        for path in ("/", "/worklist", "/calendar", "/customers", "/customers/C1", "/credit-queue", "/downloads"):
+        for path in ("/", "/worklist", "/calendar", "/collections", "/customers", "/customers/C1", "/credit-queue",
+                     "/downloads"):
             page = viewer.get(path)
             assert page.status_code == 200, (path, page.text[:500])
             assert 'action="/actions/' not in page.text, path

@@ -165,7 +165,8 @@ def test_a_collector_records_a_promise_from_the_worklist_and_sees_it_on_the_cust
     promises = wait_for(driver, lambda d: d.find_elements(By.ID, "promises"), "the customer page")[0]
     assert "PW-" in promises.text and "5,000.00" in promises.text and "open" in promises.text
     shot(driver, "customer")
-    for name, path in (("overview", "/"), ("calendar", "/calendar"), ("customers", "/customers"),
+    for name, path in (("overview", "/"), ("calendar", "/calendar"), ("collections", "/collections"),
+                       ("customers", "/customers"),
                        ("downloads", "/downloads")):
         driver.get(server + path)
         assert driver.find_elements(By.TAG_NAME, "h1"), path
