@@ -67,16 +67,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  description="Workspace users and their roles.", epilog=USER_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="add a user (or --replace an existing one's role and password)")
+    add = _leaf(actions, "add", "add a user (or --replace an existing one's role and password)",
+                "arledger user add alice --role collector\n  arledger user add bob --role controller --password-file pw.txt")
     add.add_argument("username")
     add.add_argument("--role", choices=ROLES, required=True)
     add.add_argument("--password-file", metavar="PATH",
                      help="read the password from the first line of PATH ('-' = standard input)")
     add.add_argument("--replace", action="store_true", help="replace an existing user's role and password")
     add.set_defaults(handler=run_user_add)
-    listing = actions.add_parser("list", help="list users and roles")
+    listing = _leaf(actions, "list", "list users and roles", "arledger user list")
     listing.set_defaults(handler=run_user_list)
-    remove = actions.add_parser("remove", help="remove a user")
+    remove = _leaf(actions, "remove", "remove a user", "arledger user remove alice")
     remove.add_argument("username")
     remove.set_defaults(handler=run_user_remove)
 
@@ -84,15 +85,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="API tokens for systems.", epilog=TOKEN_HELP,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = token.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = verbs.add_parser("create", help="create a token (printed once)")
+    create = _leaf(verbs, "create", "create a token (printed once)", "arledger token create erp-eu --role admin")
     create.add_argument("name", help="the system that will use it")
     create.add_argument("--role", choices=ROLES, required=True)
     create.set_defaults(handler=run_token_create)
-    tokens = verbs.add_parser("list", help="list tokens (never their secrets)")
+    tokens = _leaf(verbs, "list", "list tokens (never their secrets)", "arledger token list")
     tokens.set_defaults(handler=run_token_list)
-    revoke = verbs.add_parser("revoke", help="revoke a token by its id")
+    revoke = _leaf(verbs, "revoke", "revoke a token by its id", "arledger token revoke 3f9a1c2b7d4e")
     revoke.add_argument("token_id")
     revoke.set_defaults(handler=run_token_revoke)
+
+
+def _leaf(actions: argparse._SubParsersAction, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return actions.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                              epilog=f"example:\n  {example}\n", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _store(settings: Settings):
