@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 SOAK_MINUTES ?= 60
 SOAK_ARGS ?=
 
-.PHONY: help system-deps venv jars test test-fast lint demo bench soak broker-start broker-stop broker-status clean distclean
+.PHONY: help system-deps venv jars test test-fast lint demo bench soak serve broker-start broker-stop broker-status clean distclean
 
 help:
 	@echo "make venv          create $(VENV) ($(PYTHON)) and pip install -e '.[test]' (again only when pyproject.toml changes)"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint          import contracts, ruff check, mypy (strict on ledger/)"
 	@echo "make demo | bench  run 'arledger demo' / 'arledger bench'"
 	@echo "make soak          'arledger soak --minutes $(SOAK_MINUTES)' (SOAK_MINUTES, default 60; e.g. make soak SOAK_MINUTES=2 SOAK_ARGS='--store postgresql')"
+	@echo "make serve         run 'arledger serve' (the web workspace and HTTP API, http://127.0.0.1:8080/)"
 	@echo "make broker-start | broker-stop | broker-status   the local broker (ARLEDGER_HOME, ARLEDGER_BROKER_PORT)"
 	@echo "make clean         remove the jars and caches; make distclean also removes $(VENV)"
 
@@ -104,3 +105,7 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# The web workspace and HTTP API beside the workers (users: arledger user add NAME --role ROLE).
+serve: venv
+	$(VENV)/bin/arledger serve

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "arledger.commands.bench",
     "arledger.commands.soak",
     "arledger.commands.backup",
+    "arledger.commands.serve",
 )
 
 

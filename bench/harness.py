@@ -30,9 +30,10 @@ from arledger.settings import REPO_ROOT, TOPIC_INBOUND, TOPIC_LEDGER, Settings
 from bench import machine, report, stages
 
 SCHEMA_VERSION = 1
-STAGE_GROUPS = ("ingest", "relay", "project", "rebuild", "latency", "workers", "store", "decisions", "aging")
+STAGE_GROUPS = ("ingest", "relay", "project", "rebuild", "latency", "workers", "store", "decisions", "aging",
+                "web")
 STAGE_KEYS = ("ingest_ledger", "ingest_kafka", "relay", "fold", "projector", "rebuild_ledger", "rebuild_store",
-              "e2e_latency", "workers", "store", "decision_latency", "aging")
+              "e2e_latency", "workers", "store", "decision_latency", "aging", "web")
 NO_BROKER_GROUPS = {"store", "aging"}  # these work on files (and a local PostgreSQL) alone
 BASELINE_KEYS = ("store_append", "produce_inbound", "raw_consume_inbound", "raw_consume_ledger",
                  "consumer_performance_inbound", "consumer_performance_ledger", "naive_projector")
@@ -251,7 +252,7 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
                      "partitions": settings.partitions})
     from consumers.topics import ensure_topics
 
-    needs_ledger = any(run.wanted(group) for group in ("ingest", "relay", "project", "rebuild"))
+    needs_ledger = any(run.wanted(group) for group in ("ingest", "relay", "project", "rebuild", "web"))
     if needs_ledger or run.wanted("latency"):
         ensure_topics(main)
     ledger = Ledger(main.store_url) if needs_ledger else None
@@ -319,6 +320,11 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
             sizes.decision_warmup_s, sizes.decision_customers), say)
     if run.wanted("aging"):
         measure_aging(run, home, say)
+    if run.wanted("web"):
+        from bench.web import measure_web
+
+        run.stage("stages", "web", lambda: measure_web(main, ledger_values, main.topic(TOPIC_LEDGER), home,
+                                                        bool(run.results["quick"]), say), say)
     if profile:
         measure_profiles(run, home, records, ledger_values, main, say)
     for section, keys in (("stages", STAGE_KEYS), ("baselines", BASELINE_KEYS)):

@@ -29,6 +29,9 @@ the same run on the same broker:
   decisions  credit-decision latency p50/p99 (order.placed produced -> decision
              consumed) at 200 orders/s with 2,000 other events/s
   aging      aging report latency at 10k / 100k / 1M open items
+  web        server time p50/p99 of each page and API call of 'arledger serve' on the
+             workload's read model and on 50,000 customers (targets: pages < 200 ms,
+             credit check < 50 ms)
 Machine facts (cores, versions, load) are recorded beside the figures. A
 missed target names its shortfall and the top of a profile of that stage.
 
@@ -65,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to offer orders and other events for the decision latency (default 20)")
     parser.add_argument("--only", metavar="STAGE,...",
                         help="run only these stages: ingest, relay, project, rebuild, latency, workers, store, "
-                             "decisions, aging (baselines included)")
+                             "decisions, aging, web (baselines included)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile stages that miss their target")
     parser.add_argument("--markdown", type=Path, metavar="FILE.json",
                         help="print the 'Performance' section (docs/performance.md) of a results file and exit")

@@ -76,7 +76,21 @@ def run(args: argparse.Namespace) -> int:
                   f"generate {seconds.get('generate', 0):.0f} s, "
                   f"publish {seconds.get('publish', 0):.0f} s, ledger and read models "
                   f"{seconds.get('process', 0):.0f} s, reports and charts {seconds.get('reports', 0):.0f} s)")
+    _print_workspace(console, Settings.from_env())
     return 0
+
+
+def _print_workspace(console, settings) -> None:
+    """The web workspace's address and the demo users (fresh passwords each run)."""
+    from arledger.web.auth import seed_demo_users
+
+    users = seed_demo_users(settings.home)
+    console.print("\n[bold]Web workspace[/bold]: run [bold]arledger serve[/bold] (and [bold]arledger run[/bold] "
+                  "beside it, so that actions are processed), then open http://127.0.0.1:8080/")
+    for name, (role, password) in users.items():
+        console.print(f"  {name:<16} {role:<11} password {password}")
+    console.print(f"  (saved in {settings.home / 'demo' / 'web-users.txt'}; "
+                  "API tokens: arledger token create NAME --role ROLE)")
 
 
 def _positive_int(text: str) -> int:

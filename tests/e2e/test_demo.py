@@ -156,3 +156,20 @@ def test_charts_are_png_images() -> None:
               charts.exposure_vs_limit(exposure, "EUR")]
 
     assert all(image.startswith(PNG_SIGNATURE) and len(image) > 1_000 for image in images)
+
+
+@pytest.mark.slow
+def test_the_demo_ends_with_the_workspace_address_and_its_users(demo_run) -> None:
+    from arledger.web.auth import DEMO_USERS, UserStore
+
+    result, home, _ = demo_run
+    tail = result.stdout[result.stdout.index("Web workspace"):]
+    assert "arledger serve" in tail and "http://127.0.0.1:8080/" in tail
+    for name, role in DEMO_USERS:
+        assert re.search(rf"{name}\s+{role}\s+password \S+", tail), tail
+    # another test of this module runs the demo again in the same home: the saved file has the latest passwords
+    store = UserStore(home / "web-users.sqlite")
+    saved = [line.split("\t") for line in (home / "demo" / "web-users.txt").read_text().splitlines()]
+    assert [(name, role) for name, role, _ in saved] == list(DEMO_USERS)
+    for name, role, password in saved:
+        assert store.authenticate(name, password).role == role
