@@ -45,8 +45,9 @@ def test_every_fuzzed_record_gets_exactly_one_outcome_with_a_reason(batch: list[
             for first, second in zip(outcomes, again):
                 if first.status in ("accepted", "duplicate"):
                     assert second.status == "duplicate", (first, second)
-                if first.status == "rejected" and first.reason in ("invalid_json", "invalid_envelope",
-                                                                   "invalid_field", "unknown_type"):
-                    assert (second.status, second.reason) == ("rejected", first.reason)  # shape never changes
+                # The envelope's shape is checked before anything else (§8); a record rejected later in the
+                # check order (unknown type, data fields) may meet its id claimed meanwhile: duplicate_conflict.
+                if first.status == "rejected" and first.reason in ("invalid_json", "invalid_envelope"):
+                    assert (second.status, second.reason) == ("rejected", first.reason)
         finally:
             ledger.close()
