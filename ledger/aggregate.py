@@ -20,7 +20,7 @@ import msgspec
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
 from ledger.events import SCHEMA_VERSION, DomainEvent, event_from_data, event_to_data
-from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body
+from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body, receipt_hash_body
 from ledger.upcasting import upcast
 
 # Fixed namespace: aggregate ids are derived from business keys, so any process finds them.
@@ -131,14 +131,18 @@ class EnvelopeReceipt(Aggregate):
         last_version: int
         recorded_at: str
         origin: str | None  # "topic:partition:offset" of the accepted record, to tell a redelivery
+        # receipt_hash(customer hash of the envelope's last event, the fields above): `verify` recomputes it.
+        # None only on receipts written before receipts were hashed.
+        hash: str | None
 
     @staticmethod
     def create_id(envelope_id: str, **_: Any) -> uuid.UUID:
         return receipt_id(envelope_id)
 
     def __init__(self, envelope_id: str, digest: str, customer_id: str, type: str, first_version: int,
-                 last_version: int, recorded_at: str, origin: str | None = None) -> None:
+                 last_version: int, recorded_at: str, origin: str | None = None, hash: str | None = None) -> None:
         self.origin = origin
+        self.hash = hash
         self.envelope_id = envelope_id
         self.digest = digest
         self.customer_id = customer_id
@@ -146,6 +150,15 @@ class EnvelopeReceipt(Aggregate):
         self.first_version = first_version
         self.last_version = last_version
         self.recorded_at = recorded_at
+
+
+
+def receipt_claims(receipt: Any) -> dict[str, Any]:
+    """The fields a receipt's hash covers, of an EnvelopeReceipt or its stored Accepted event."""
+    return receipt_hash_body(envelope_id=receipt.envelope_id, digest=receipt.digest, customer_id=receipt.customer_id,
+                             type=receipt.type, first_version=receipt.first_version,
+                             last_version=receipt.last_version, recorded_at=receipt.recorded_at,
+                             origin=getattr(receipt, "origin", None))
 
 
 class AccountStateAsBuiltins(Transcoding):

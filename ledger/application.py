@@ -41,6 +41,7 @@ from ledger.aggregate import (
 )
 from ledger.errors import DuplicateConflict, InvalidEnvelope, Rejection, UnknownCustomer
 from ledger.events import DomainEvent, event_from_data
+from ledger.hashing import receipt_hash, receipt_hash_body
 from ledger.upcasting import upcast
 
 ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
@@ -285,9 +286,10 @@ class Ledger(Application):
                           type=envelope.type, recorded_at=recorded_at, first_version=first_version,
                           last_version=account.version, events=emitted)
         digest = envelope.digest()
-        receipt = EnvelopeReceipt(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
-                                  type=envelope.type, first_version=first_version, last_version=account.version,
-                                  recorded_at=recorded_at, origin=origin)
+        claims = receipt_hash_body(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
+                                   type=envelope.type, first_version=first_version, last_version=account.version,
+                                   recorded_at=recorded_at, origin=origin)
+        receipt = EnvelopeReceipt(**claims, hash=receipt_hash(account.last_hash, claims))
         new_receipts[envelope.id] = (digest, outcome, receipt)
         self._batch_events.extend(receipt.pending_events)
         return outcome
