@@ -42,6 +42,7 @@ from ledger.aggregate import (
 from ledger.errors import DuplicateConflict, InvalidEnvelope, Rejection, UnknownCustomer
 from ledger.events import DomainEvent, event_from_data
 from ledger.hashing import receipt_hash, receipt_hash_body
+from ledger.store import mapper_class
 from ledger.upcasting import upcast
 
 ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
@@ -50,6 +51,8 @@ RECEIPT_LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
 SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
 ACCOUNT_EVENT_TOPICS = (get_topic(CustomerAccount.Opened), get_topic(CustomerAccount.Recorded))
 
+
+_LedgerMapper = mapper_class((CustomerAccount.Opened, CustomerAccount.Recorded, EnvelopeReceipt.Accepted))
 
 # A remembered receipt: digest, origin, envelope id, customer id, type, recorded_at, first and last version.
 _CachedReceipt = tuple[str, str | None, str | None, str | None, str | None, str | None, int | None, int | None]
@@ -151,6 +154,9 @@ class Ledger(Application):
         self._receipts: OrderedDict[str, _CachedReceipt] = OrderedDict()
         self._stored_receipt_ids: set[str] | None = None
         self._batch_events: list[Any] = []  # this batch's new stored events, in recorded order
+
+    def construct_mapper(self) -> Any:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=_LedgerMapper)
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
