@@ -23,7 +23,6 @@ from consumers.faults import crash_point
 from consumers.retry import with_retries
 from ledger.aggregate import LedgerChain
 from ledger.application import Ledger, StoredLedgerEvent
-from ledger.hashing import GENESIS_HASH
 from ledger.records import LedgerRecord, record_encoder, with_global_hash
 
 log = structlog.get_logger("arledger.relay")
@@ -98,7 +97,7 @@ class Relay:
         first_notification, last_notification = pending[0][1], pending[-1][1]
         events = dict(self.ledger.read_ledger(first_notification - 1, len(pending), last_notification))
         records = []
-        prev_hash = self._hash_before(chain, pending[0][0])
+        prev_hash = self.ledger.global_hash_before(pending[0][0])
         for position, notification_id, hash_global in pending:
             record = ledger_record(position, notification_id, events[notification_id], prev_hash, hash_global)
             records.append(record)
@@ -109,17 +108,6 @@ class Relay:
         log.info("pending_republished", worker="relay", first_position=records[0].position,
                  last_position=records[-1].position, events=len(records))
         return len(records)
-
-    def _hash_before(self, chain: LedgerChain, position: int) -> str:
-        """The global hash of `position - 1`, from the chain's history in the event store."""
-        if position == 1:
-            return GENESIS_HASH
-        for event in reversed(list(self.ledger.repository.event_store.get(chain.id))):
-            if isinstance(event, LedgerChain.Extended) and event.first_position < position:
-                index = position - 1 - event.first_position
-                if index < len(event.hashes):
-                    return event.hashes[index]
-        raise AssertionError(f"no chained hash before position {position}")
 
     def _publish(self, records: list[LedgerRecord]) -> None:
         def send_all() -> None:

@@ -1,4 +1,11 @@
-"""How the ledger's own events are turned into stored rows and back: msgspec instead of the json module.
+"""The one door into the event store's internals: the only module of arledger that touches eventsourcing's
+`_record`, `_notify`, `ProcessingEvent` and the events table's SQL. Everything else — the relay, rebuild,
+audit, bench — reads and writes through `ledger.application.Ledger`'s methods.
+
+`record_in_order` saves a batch's events in one transaction in the order they were recorded across
+customers; `select_first_versions` finds which aggregates exist, in one query per 500 ids.
+
+The mapper: how the ledger's own events are turned into stored rows and back, msgspec instead of the json module.
 
 eventsourcing's `Mapper` encodes an event's attributes with its `JSONTranscoder` (the json module, a
 Python hook per custom object) and decodes with an object hook called for every JSON object. The
@@ -14,10 +21,15 @@ stores written before and after are the same format.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import Mapper, StoredEvent, find_id_convertor
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import get_topic, resolve_topic
 
 _encode = msgspec.json.Encoder().encode
@@ -81,3 +93,46 @@ def _topic(cls: type) -> str:
 def mapper_class(fast: tuple[type, ...]) -> type[MsgspecMapper]:
     """A MsgspecMapper subclass whose fast path covers the event classes `fast`."""
     return type("LedgerMapper", (MsgspecMapper,), {"fast_classes": frozenset(fast)})
+
+
+# -- Writing and looking up rows ----------------------------------------------------------------
+
+LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
+
+
+def record_in_order(app: Application, events: list[Any], aggregates: list[Any],
+                    then: Callable[[], None] = lambda: None) -> None:
+    """Save `events` (new events of `aggregates`, in the order they were recorded across aggregates) in
+    one transaction, run `then` (e.g. snapshots), and notify eventsourcing's followers of the recordings."""
+    for aggregate in aggregates:
+        aggregate.collect_events()  # taken in `events` already, in recorded order
+    processing_event: ProcessingEvent[uuid.UUID] = ProcessingEvent()
+    processing_event.events.extend(events)  # collect_events() would isinstance-check a Protocol per event
+    processing_event.aggregates.update({aggregate.id: aggregate for aggregate in aggregates})
+    recordings = app._record(processing_event)  # noqa: SLF001 - the one door (module docstring)
+    then()
+    app._notify(recordings)  # noqa: SLF001
+
+
+def can_select_first_versions(app: Application) -> bool:
+    return (getattr(app.recorder, "events_table_name", None) is not None
+            and isinstance(getattr(app.recorder, "datastore", None), (SQLiteDatastore, PostgresDatastore)))
+
+
+def select_first_versions(app: Application, originator_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `originator_ids` have a stored version 1 (SQLite or PostgreSQL: see can_select_first_versions)."""
+    events_table = app.recorder.events_table_name
+    datastore = app.recorder.datastore
+    found: set[uuid.UUID] = set()
+    with datastore.transaction(commit=False) as cursor:
+        for start in range(0, len(originator_ids), LOOKUP_CHUNK):
+            chunk = originator_ids[start:start + LOOKUP_CHUNK]
+            if isinstance(datastore, SQLiteDatastore):
+                cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
+                               f"AND originator_id IN ({','.join('?' * len(chunk))})", [key.hex for key in chunk])
+                found.update(uuid.UUID(row[0]) for row in cursor.fetchall())
+            else:
+                cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
+                               f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
+                found.update(row["originator_id"] for row in cursor.fetchall())
+    return found
