@@ -30,12 +30,13 @@ from arledger.settings import REPO_ROOT, TOPIC_INBOUND, TOPIC_LEDGER, Settings
 from bench import machine, report, stages
 
 SCHEMA_VERSION = 1
-STAGE_GROUPS = ("ingest", "relay", "project", "rebuild", "latency", "workers", "store", "decisions", "aging")
+STAGE_GROUPS = ("ingest", "relay", "project", "rebuild", "latency", "workers", "store", "decisions", "aging",
+                "sustained")
 STAGE_KEYS = ("ingest_ledger", "ingest_kafka", "relay", "fold", "projector", "rebuild_ledger", "rebuild_store",
-              "e2e_latency", "workers", "store", "decision_latency", "aging")
+              "e2e_latency", "workers", "store", "decision_latency", "aging", "sustained")
 NO_BROKER_GROUPS = {"store", "aging"}  # these work on files (and a local PostgreSQL) alone
 BASELINE_KEYS = ("store_append", "produce_inbound", "raw_consume_inbound", "raw_consume_ledger",
-                 "consumer_performance_inbound", "consumer_performance_ledger", "naive_projector")
+                 "consumer_performance_inbound", "consumer_performance_ledger", "naive_projector", "produce_ledger")
 PROFILE_RECORDS_MAX = 10_000  # a profile of the ingest runs over this many records: enough to rank the costs
 
 
@@ -55,13 +56,15 @@ class Sizes:
     decision_seconds: float = 20.0
     decision_warmup_s: float = 3.0
     decision_customers: int = 200
+    sustained_rates: tuple[int, ...] = (2_000, 4_000, 6_000, 8_000, 10_000, 12_000)  # issue 13
+    sustained_seconds: float = 10.0
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(customers=30, months=2, rebuild_events=0, latency_rate=100, latency_seconds=3.0,
                    aging_items=(1_000, 10_000), naive_events=300,
                    decision_orders_per_s=20.0, decision_background_per_s=100.0, decision_seconds=3.0,
-                   decision_warmup_s=1.0, decision_customers=20)
+                   decision_warmup_s=1.0, decision_customers=20, sustained_rates=(100, 200), sustained_seconds=3.0)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Sizes":
@@ -72,6 +75,10 @@ class Sizes:
                 setattr(sizes, name, value)
         if getattr(args, "aging_items", None):
             sizes.aging_items = tuple(int(part) for part in args.aging_items.split(",") if part.strip())
+        if getattr(args, "sustained_rates", None):
+            sizes.sustained_rates = tuple(int(part) for part in args.sustained_rates.split(",") if part.strip())
+        if getattr(args, "sustained_seconds", None):
+            sizes.sustained_seconds = args.sustained_seconds
         if getattr(args, "worker_counts", None):
             sizes.worker_counts = tuple(int(part) for part in args.worker_counts.split(",") if part.strip())
         return sizes
@@ -271,6 +278,9 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
                 consumed = run.stage("baselines", "raw_consume_ledger",
                                      lambda: stages.raw_consume(main, main.topic(TOPIC_LEDGER), keep=True), say)
                 ledger_values = consumed[1] if consumed else []
+                if ledger_values:
+                    run.stage("baselines", "produce_ledger", lambda: stages.raw_produce(
+                        stages.settings_for(settings, home / "produce", prefix + "produce."), ledger_values), say)
         if run.wanted("ingest"):
             kafka_ingest = run.stage("stages", "ingest_kafka", lambda: stages.ingest_kafka(
                 main, f"sqlite:///{home / 'ingest-kafka.sqlite'}", lines), say)
@@ -319,6 +329,13 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
             sizes.decision_warmup_s, sizes.decision_customers), say)
     if run.wanted("aging"):
         measure_aging(run, home, say)
+    if run.wanted("sustained"):
+        sustained_lines = list(itertools.islice(
+            generate(max(sizes.customers, 50), max(sizes.months, 12), sizes.seed + 2, start=start),
+            sizes.customers + int(max(sizes.sustained_rates) * sizes.sustained_seconds)))
+        run.stage("stages", "sustained", lambda: stages.sustained(
+            settings, home / "sustained", prefix + "sustained.", sustained_lines, sizes.sustained_rates,
+            sizes.sustained_seconds, say), say)
     if profile:
         measure_profiles(run, home, records, ledger_values, main, say)
     for section, keys in (("stages", STAGE_KEYS), ("baselines", BASELINE_KEYS)):
