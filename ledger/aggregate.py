@@ -9,6 +9,7 @@ and the customer hash chain (DESIGN §4).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -32,10 +33,12 @@ def parse_instant(recorded_at: str) -> dt.datetime:
     return dt.datetime.fromisoformat(recorded_at)  # C-fast; 3.11 reads the trailing Z as UTC
 
 
+@functools.lru_cache(maxsize=65_536)
 def account_id(customer_id: str) -> uuid.UUID:
     return uuid.uuid5(ARLEDGER_NAMESPACE, "customer:" + customer_id)
 
 
+@functools.lru_cache(maxsize=8_192)  # an ingest batch asks twice per record: its look-up, then its receipt
 def receipt_id(envelope_id: str) -> uuid.UUID:
     return uuid.uuid5(ARLEDGER_NAMESPACE, "envelope:" + envelope_id)
 
@@ -151,6 +154,25 @@ class EnvelopeReceipt(Aggregate):
         self.last_version = last_version
         self.recorded_at = recorded_at
 
+
+
+_RECEIPT_TOPIC: str | None = None
+
+
+def receipt_accepted(claims: dict[str, Any], hash: str, timestamp: dt.datetime) -> "EnvelopeReceipt.Accepted":
+    """The stored event of a new receipt, made directly: what `EnvelopeReceipt(**claims, hash=hash)`
+    would record (the same attributes in the same order), without building the aggregate that
+    eventsourcing's `_create` builds and the ingest never uses (~15 % of its time per record)."""
+    global _RECEIPT_TOPIC
+    if _RECEIPT_TOPIC is None:
+        from eventsourcing.utils import get_topic
+
+        _RECEIPT_TOPIC = get_topic(EnvelopeReceipt)
+    event = object.__new__(EnvelopeReceipt.Accepted)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": receipt_id(claims["envelope_id"]), "originator_version": 1, "timestamp": timestamp,
+        "originator_topic": _RECEIPT_TOPIC, **claims, "hash": hash})
+    return event
 
 
 def receipt_claims(receipt: Any) -> dict[str, Any]:

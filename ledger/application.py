@@ -34,6 +34,8 @@ from ledger.aggregate import (
     EnvelopeReceipt,
     LedgerChain,
     account_id,
+    parse_instant,
+    receipt_accepted,
     receipt_id,
 )
 from ledger.errors import DuplicateConflict, InvalidEnvelope, Rejection, UnknownCustomer
@@ -164,7 +166,7 @@ class Ledger(Application):
         """Check and apply a batch; saves all accepted events and receipts atomically."""
         records = list(records)
         touched: dict[str, CustomerAccount] = {}
-        new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]] = {}
+        new_receipts: dict[str, tuple[str, Outcome, str | None]] = {}
         self._stored_receipt_ids = self._prefetch_receipt_ids(records)
         self._batch_events = []
         try:
@@ -180,14 +182,13 @@ class Ledger(Application):
             self._stored_receipt_ids = None
         try:
             if self._batch_events:
-                self._save_in_recorded_order(
-                    self._batch_events, [*touched.values(), *(receipt for _, _, receipt in new_receipts.values())])
+                self._save_in_recorded_order(self._batch_events, list(touched.values()))
         except BaseException:
             for customer_id in touched:  # their in-memory state is ahead of the store: reload next time
                 self._accounts.pop(customer_id, None)
             raise
-        for envelope_id, (digest, outcome, receipt) in new_receipts.items():
-            self._remember_receipt(envelope_id, digest, outcome, receipt.origin)
+        for envelope_id, (digest, outcome, origin) in new_receipts.items():
+            self._remember_receipt(envelope_id, digest, outcome, origin)
         return outcomes
 
     def _save_in_recorded_order(self, events: list[Any], aggregates: list[Any]) -> None:
@@ -223,7 +224,7 @@ class Ledger(Application):
         return format_instant(now)
 
     def _process_one(self, record: InboundRecord, touched: dict[str, CustomerAccount],
-                     new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+                     new_receipts: dict[str, tuple[str, Outcome, str | None]]) -> Outcome:
         raw: c.RawEnvelope | None = None
         try:
             raw = c.decode_envelope(record.value)
@@ -260,7 +261,7 @@ class Ledger(Application):
                                        redelivered=origin is not None and origin == original_origin)
 
     def _apply(self, envelope: c.Envelope, origin: str | None, touched: dict[str, CustomerAccount],
-               new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+               new_receipts: dict[str, tuple[str, Outcome, str | None]]) -> Outcome:
         recorded_at = self._next_recorded_at()
         account = touched.get(envelope.customer_id) or self._load_account(envelope.customer_id)
         if account is None:
@@ -284,9 +285,9 @@ class Ledger(Application):
         claims = receipt_hash_body(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
                                    type=envelope.type, first_version=first_version, last_version=account.version,
                                    recorded_at=recorded_at, origin=origin)
-        receipt = EnvelopeReceipt(**claims, hash=receipt_hash(account.last_hash, claims))
-        new_receipts[envelope.id] = (digest, outcome, receipt)
-        self._batch_events.extend(receipt.pending_events)
+        new_receipts[envelope.id] = (digest, outcome, origin)
+        self._batch_events.append(receipt_accepted(claims, receipt_hash(account.last_hash, claims),
+                                                   parse_instant(recorded_at)))
         return outcome
 
     def _load_account(self, customer_id: str) -> CustomerAccount | None:
@@ -303,11 +304,10 @@ class Ledger(Application):
         return account
 
     def _find_receipt(self, envelope_id: str,
-                      new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]
+                      new_receipts: dict[str, tuple[str, Outcome, str | None]]
                       ) -> tuple[str, Outcome, str | None] | None:
         if envelope_id in new_receipts:
-            digest, outcome, receipt = new_receipts[envelope_id]
-            return digest, outcome, receipt.origin
+            return new_receipts[envelope_id]
         cached = self._receipts.get(envelope_id)
         if cached is not None:
             digest, origin, cached_id, customer_id, type_, recorded_at, first_version, last_version = cached

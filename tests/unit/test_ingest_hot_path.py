@@ -116,3 +116,20 @@ def test_an_ingest_batch_closes_at_its_latency_bound_or_its_size_whichever_comes
     for _ in range(30):
         worker._measured(200, 0.04)  # 0.2 ms per record: 100 records fit
     assert 99 <= worker.batch_records() <= 100
+
+
+def test_a_receipt_event_made_directly_is_the_one_eventsourcing_would_make():
+    import datetime as dt
+
+    from ledger.aggregate import EnvelopeReceipt, receipt_accepted
+
+    claims = {"envelope_id": "e-1", "digest": "d" * 64, "customer_id": "C1", "type": "sale.recorded",
+              "first_version": 3, "last_version": 4, "recorded_at": "2026-01-02T03:04:05.000006Z", "origin": None}
+    stamp = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    (made,) = EnvelopeReceipt(**claims, hash="h" * 64).collect_events()
+    direct = receipt_accepted(claims, "h" * 64, stamp)
+    assert type(direct) is type(made)
+    assert list(vars(direct)) == list(vars(made))
+    assert {**vars(direct), "timestamp": None} == {**vars(made), "timestamp": None}
+    rebuilt = direct.mutate(None)
+    assert (rebuilt.id, rebuilt.version, rebuilt.digest, rebuilt.hash) == (made.originator_id, 1, "d" * 64, "h" * 64)
