@@ -28,6 +28,11 @@ ALL_TOPICS = (TOPIC_INBOUND, TOPIC_LEDGER, TOPIC_REJECTED, TOPIC_DECISIONS, TOPI
 # Batches: large enough that per-batch costs (an fsync, a DuckDB statement at
 # ~0.3 ms) vanish, small enough that one batch stays well under a second.
 INGEST_BATCH_RECORDS_MAX = 2_000
+# ... and bounded by latency: an ingest batch closes at INGEST_BATCH_RECORDS_MAX records or at about this
+# many ms of work, whichever comes first (ARLEDGER_INGEST_BATCH_MS overrides it; an order is decided with
+# its batch, so this bounds how long it waits behind other records).
+INGEST_BATCH_LATENCY_MS = 30
+INGEST_BATCH_RECORDS_MIN = 20
 RELAY_BATCH_EVENTS_MAX = 5_000
 PROJECT_BATCH_EVENTS_MAX = 50_000
 # Poll timeouts bound how long a worker idles before it re-checks for stop.

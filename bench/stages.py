@@ -284,6 +284,74 @@ def relay(settings: Settings, ledger: Ledger) -> dict[str, Any]:
     return {"events": events, "seconds": round(seconds, 3), "events_per_s": _rate(events, seconds)}
 
 
+def raw_produce(target: Settings, values: Sequence[bytes]) -> dict[str, Any]:
+    """Baseline of the relay: kafka-python producing the very records the relay published (its values,
+    keyed by customer as the relay keys them) with the relay's producer settings, to the ar.ledger topic of
+    `target` (another prefix: the same partitions and configuration), every acknowledgement awaited; no
+    store read, no hashing."""
+    from consumers.topics import ensure_topics
+
+    ensure_topics(target)
+    topic = target.topic(TOPIC_LEDGER)
+    keys = [msgspec.json.decode(value, type=_Keyed).customer_id.encode() for value in values]
+    producer = clients.producer(target, "arledger-bench-produce")
+    try:
+        started = time.perf_counter()
+        futures = [producer.send(topic, key=key, value=value) for key, value in zip(keys, values)]
+        producer.flush()
+        for future in futures:
+            future.get(timeout=60)
+        seconds = time.perf_counter() - started
+    finally:
+        producer.close(timeout=10)
+    return {"records": len(values), "seconds": round(seconds, 3), "records_per_s": _rate(len(values), seconds),
+            "note": "the relay's own producer settings (idempotent, acks=all); the relay's records as published"}
+
+
+class _Keyed(msgspec.Struct):
+    customer_id: str
+
+
+# -- Sustained rate through the default `arledger run` -----------------------------------------------
+
+SUSTAINED_P99_MS_MAX = 1_000.0
+
+
+def sustained(settings: Settings, home: Path, prefix: str, lines: Sequence[bytes], rates: Sequence[int],
+              seconds: float, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Steps the offered rate through the default `arledger run` (bench.latency.end_to_end: a fresh home
+    and topics per step), lowest first, until a step's end-to-end p99 (committed in the projection) is
+    1 s or more. Reports the highest rate that stayed under, and the p99 at 2,000 records/s."""
+    from bench.latency import end_to_end
+
+    steps: dict[str, Any] = {}
+    highest = None
+    for rate in rates:
+        say(f"sustained: {rate:,} records/s for {seconds:g} s")
+        step = settings_for(settings, home / f"rate-{rate}", f"{prefix}r{rate}.")
+        try:
+            figures = end_to_end(step, lines, rate, seconds, home / f"rate-{rate}" / "workers.log")
+        except Exception as error:  # noqa: BLE001 - a step that cannot keep up may time out settling
+            steps[str(rate)] = {"failed": f"{type(error).__name__}: {error}"}
+            break
+        p99 = (figures.get("committed") or {}).get("p99_ms")
+        achieved = figures.get("achieved_rate_per_s") or 0
+        steps[str(rate)] = {"p99_ms": p99, "p50_ms": (figures.get("committed") or {}).get("p50_ms"),
+                            "achieved_rate_per_s": achieved,
+                            "ingest_committed_p99_ms": (figures.get("ingest_committed") or {}).get("p99_ms"),
+                            "settle_after_last_send_s": figures.get("settle_after_last_send_s")}
+        if p99 is None or p99 >= SUSTAINED_P99_MS_MAX or achieved < 0.9 * rate:
+            break
+        highest = rate
+    at_2000 = (steps.get("2000") or {}).get("p99_ms")
+    return {"highest_rate_p99_under_1s": highest, "p99_ms_at_2000": at_2000, "steps": steps,
+            "seconds_per_step": seconds, "layout": os.environ.get("ARLEDGER_RUN_LAYOUT") or "threads (default)",
+            "note": "each step: the default `arledger run` as a child process on topics and a home of its own; "
+                    "a step counts when its end-to-end p99 (inbound produced → committed in the projection) is "
+                    "under 1 s and the producer achieved ≥ 90 % of the offered rate; the steps stop at the "
+                    "first that misses"}
+
+
 # -- Consuming: the baselines -------------------------------------------------------------------
 
 

@@ -42,10 +42,11 @@ from eventsourcing.utils import get_topic
 
 from arledger.settings import TOPIC_LEDGER, Settings
 from consumers.relay import ledger_record
-from ledger.aggregate import CHAIN_ID, CustomerAccount, EnvelopeReceipt, LedgerChain, account_id, receipt_id
+from ledger.aggregate import (CHAIN_ID, CustomerAccount, EnvelopeReceipt, LedgerChain, account_id, receipt_claims,
+                              receipt_id)
 from ledger.application import ACCOUNT_EVENT_TOPICS, Ledger, StoredLedgerEvent, format_instant
 from ledger.events import event_from_data
-from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body
+from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body, receipt_hash
 from ledger.records import LedgerRecord, global_hash_body, record_decoder, record_encoder
 from ledger.upcasting import upcast
 from projections import audit as projection_audit
@@ -661,7 +662,8 @@ class Verifier:
         report = self.report
         trusted_position, trusted_notification = self._trusted_up_to(chain)
         heads: dict[Any, _StreamHead] = {}
-        runs: dict[str, list[Any]] = {}  # envelope id → [customer_id, first_version, last_version, notification]
+        # envelope id → [customer_id, first_version, last_version, notification, hash of its last event]
+        runs: dict[str, list[Any]] = {}
         receipts: list[tuple[int, Any]] = []
         seen = bytearray(chain.length + 1)
         other: dict[str, int] = {}
@@ -713,9 +715,9 @@ class Verifier:
         heads[notification.originator_id] = _StreamHead(version, stored.hash, customer)
         run = runs.get(stored.envelope_id)
         if run is not None and run[0] == customer and run[2] + 1 == version:
-            run[2] = version
+            run[2], run[4] = version, stored.hash
         elif run is None:
-            runs[stored.envelope_id] = [customer, version, version, nid]
+            runs[stored.envelope_id] = [customer, version, version, nid, stored.hash]
         elif checking:
             report.add(Problem("receipts", f"envelope {stored.envelope_id} produced events that are not "
                                            f"consecutive in one stream ({run[0]} {run[1]}..{run[2]}, then this)",
@@ -790,6 +792,8 @@ class Verifier:
                         chain: ChainIndex, trusted_notification: int) -> None:
         report = self.report
         claimed = set()
+        unhashed: list[int] = []
+        hashed_from = math.inf
         for nid, notification in receipts:
             report.receipts += 1
             try:
@@ -816,7 +820,21 @@ class Verifier:
                                                f"{receipt.first_version}..{receipt.last_version} of "
                                                f"{receipt.customer_id}, the store has {run[1]}..{run[2]} of "
                                                f"{run[0]}", **(where | {"version": differs})))
-        for envelope_id, (customer, first, last, nid) in runs.items():
+            elif getattr(receipt, "hash", None) is None:
+                unhashed.append(nid)
+            elif receipt_hash(run[4], receipt_claims(receipt)) != receipt.hash:
+                report.add(Problem("receipts", f"receipt of envelope {receipt.envelope_id} does not match its hash "
+                                               f"(its digest, type, recorded time or origin was altered)", **where))
+            else:
+                hashed_from = min(hashed_from, nid)
+        late = [nid for nid in unhashed if nid > hashed_from]
+        if late:  # receipts are hashed since a version: one without a hash after a hashed one was stripped
+            report.add(Problem("receipts", f"{len(late)} receipt(s) stored after hashed ones carry no hash "
+                                           f"(hash removed?)", notification_id=late[0]))
+        if len(unhashed) > len(late):
+            report.notes.append(f"{len(unhashed) - len(late)} receipt(s) written before receipts were hashed: "
+                                f"checked against their events' versions only")
+        for envelope_id, (customer, first, last, nid, _) in runs.items():
             if nid > trusted_notification and envelope_id not in claimed:
                 report.add(Problem("receipts", f"events of envelope {envelope_id} have no receipt (inserted?)",
                                    position=chain.by_notification.get(nid), customer_id=customer, version=first))

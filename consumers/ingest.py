@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import gc
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,9 @@ from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from arledger.settings import (
+    INGEST_BATCH_LATENCY_MS,
     INGEST_BATCH_RECORDS_MAX,
+    INGEST_BATCH_RECORDS_MIN,
     TOPIC_DECISIONS,
     TOPIC_INBOUND,
     TOPIC_REJECTED,
@@ -62,6 +65,7 @@ GC_THRESHOLDS = (5_000, 20, 100)
 # Batches whose commit is sent and not answered yet: normally one or two (an answer takes a few ms).
 # Past this many, the worker waits for the broker: it bounds the memory held and what a crash replays.
 UNCONFIRMED_COMMITS_MAX = 50
+COST_SMOOTHING = 0.3  # weight of the last batch in the moving estimate of a record's cost
 log = structlog.get_logger("arledger.ingest")
 _json = msgspec.json.Encoder()
 _gc_tuned = False
@@ -78,6 +82,18 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def batch_latency_ms() -> float:
+    """The ingest batch latency bound: $ARLEDGER_INGEST_BATCH_MS, else INGEST_BATCH_LATENCY_MS."""
+    text = os.environ.get("ARLEDGER_INGEST_BATCH_MS", "").strip()
+    try:
+        value = float(text) if text else INGEST_BATCH_LATENCY_MS
+    except ValueError:
+        raise SystemExit(f"ARLEDGER_INGEST_BATCH_MS={text!r}: give a number of milliseconds") from None
+    if value <= 0:
+        raise SystemExit(f"ARLEDGER_INGEST_BATCH_MS={text!r}: give a positive number of milliseconds")
+    return value
 
 
 def origin_of(topic: str, partition: int, offset: int) -> str:
@@ -140,12 +156,28 @@ class IngestWorker:
             settings, self.topic, settings.topic(INGEST_GROUP_ID), "arledger-ingest", INGEST_BATCH_RECORDS_MAX)
         self.producer = producer or clients.producer(settings, "arledger-ingest")
         self._unconfirmed: list[_Checkpoint] = []  # commits sent, in order, whose answer was not read yet
+        self.batch_latency_s = batch_latency_ms() / 1000
+        self._record_cost_s: float | None = None  # moving estimate of a checkpoint's time per record
         tune_garbage_collector()
+
+    def batch_records(self) -> int:
+        """How many records the next batch takes: INGEST_BATCH_RECORDS_MAX, or fewer when that many would
+        take longer than the batch latency bound at the measured cost per record (a checkpoint's fixed
+        costs included, so the size settles where the whole checkpoint fits the bound)."""
+        if self._record_cost_s is None:
+            return INGEST_BATCH_RECORDS_MIN  # the first batch measures the cost
+        fitting = int(self.batch_latency_s / self._record_cost_s)
+        return max(INGEST_BATCH_RECORDS_MIN, min(INGEST_BATCH_RECORDS_MAX, fitting))
+
+    def _measured(self, records: int, seconds: float) -> None:
+        cost = seconds / records
+        previous = self._record_cost_s
+        self._record_cost_s = cost if previous is None else previous + COST_SMOOTHING * (cost - previous)
 
     def run_once(self, timeout_ms: int) -> int:
         """Poll one bounded batch and take it through its checkpoint, the offset commit sent but not
         waited for (its answer is read at the next poll); returns the records handled."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=INGEST_BATCH_RECORDS_MAX)
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_records())
         self._read_commit_answers()  # the poll ran the callbacks of the commits answered so far
         records = [record for partition_records in polled.values() for record in partition_records]
         if not records:
@@ -161,6 +193,7 @@ class IngestWorker:
         for record in records:
             offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
         checkpoint = _Checkpoint(offsets, outcomes, counts, started, time.perf_counter() - started)
+        self._measured(len(records), checkpoint.duration_s)
         self._unconfirmed.append(checkpoint)
         self.consumer.commit_async(offsets, callback=checkpoint.on_answer)
         if len(self._unconfirmed) > UNCONFIRMED_COMMITS_MAX:  # the broker is slow to answer: wait for it

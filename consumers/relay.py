@@ -3,7 +3,10 @@
 Per batch: read the next account events in notification order, give them
 positions and global hashes, save that chain extension in the event store
 (before publishing, DESIGN §4), publish with the idempotent producer and wait
-for the acknowledgements, then record the published position. After a crash
+for the acknowledgements, then record the published position. While a batch's
+records are on their way to the broker the next batch is read and hashed (not
+chained nor sent until this one is confirmed, so records never overtake each
+other): the store read and the hashing overlap the producer's network time. After a crash
 the chain's pending part is re-published exactly as chained: duplicates are
 possible (at-least-once), gaps and re-hashing are not; projectors dedupe by
 position.
@@ -12,6 +15,7 @@ position.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 import structlog
@@ -23,8 +27,8 @@ from consumers.faults import crash_point
 from consumers.retry import with_retries
 from ledger.aggregate import LedgerChain
 from ledger.application import Ledger, StoredLedgerEvent
-from ledger.hashing import GENESIS_HASH
-from ledger.records import LedgerRecord, record_encoder, with_global_hash
+from ledger.hashing import chain_hash
+from ledger.records import LedgerRecord, record_encoder
 
 log = structlog.get_logger("arledger.relay")
 
@@ -32,15 +36,18 @@ log = structlog.get_logger("arledger.relay")
 def ledger_record(position: int, notification_id: int, stored: StoredLedgerEvent, prev_hash_global: str,
                   hash_global: str | None = None) -> LedgerRecord:
     """The ar.ledger record of one stored event; computes the global hash unless it is given."""
-    record = LedgerRecord(
+    if hash_global is None:  # chain_hash over global_hash_body of the record, built directly (no copies)
+        hash_global = chain_hash(prev_hash_global, {
+            "position": position, "notification_id": notification_id, "customer_id": stored.customer_id,
+            "version": stored.version, "kind": stored.kind, "envelope_id": stored.envelope_id,
+            "recorded_at": stored.recorded_at, "schema_version": stored.schema_version, "data": stored.data,
+            "prev_hash_customer": stored.prev_hash, "hash_customer": stored.hash})
+    return LedgerRecord(
         position=position, notification_id=notification_id, customer_id=stored.customer_id,
         version=stored.version, kind=stored.kind, envelope_id=stored.envelope_id,
         recorded_at=stored.recorded_at, schema_version=stored.schema_version, data=stored.data,
         prev_hash_customer=stored.prev_hash, hash_customer=stored.hash,
-        prev_hash_global=prev_hash_global, hash_global=hash_global or "")
-    if hash_global is None:
-        record = with_global_hash(record, prev_hash_global)
-    return record
+        prev_hash_global=prev_hash_global, hash_global=hash_global)
 
 
 class Relay:
@@ -53,6 +60,7 @@ class Relay:
         self.topic = settings.topic(TOPIC_LEDGER)
         self.producer = producer or clients.producer(settings, "arledger-relay")
         self._chain: LedgerChain | None = None
+        self._next: list[LedgerRecord] | None = None  # the next batch, read and hashed while one is in flight
 
     def run_once(self) -> int:
         """Chain, publish and confirm one batch; returns the events published."""
@@ -60,28 +68,38 @@ class Relay:
             return self._run_once()
         except Exception:
             self._chain = None  # reload from the store: the in-memory chain may be ahead of it
+            self._next = None
             raise
 
-    def _run_once(self) -> int:
-        if self._chain is None:
-            self._chain = self.ledger.chain()
-        chain = self._chain
-        if chain.pending:
-            return self._publish_pending(chain)
+    def _prepare(self, chain: LedgerChain) -> list[LedgerRecord]:
+        """The records of the next batch after what `chain` holds: read, positioned and hashed, not chained."""
         events = self.ledger.read_ledger(chain.last_notification_id, RELAY_BATCH_EVENTS_MAX)
-        if not events:
-            return 0
-        started = time.perf_counter()
         records = []
         prev_hash = chain.last_hash
         for offset, (notification_id, stored) in enumerate(events):
             record = ledger_record(chain.last_position + 1 + offset, notification_id, stored, prev_hash)
             records.append(record)
             prev_hash = record.hash_global
+        return records
+
+    def _run_once(self) -> int:
+        if self._chain is None:
+            self._chain = self.ledger.chain()
+            self._next = None
+        chain = self._chain
+        if chain.pending:
+            return self._publish_pending(chain)
+        records, self._next = self._next or self._prepare(chain), None
+        if not records:
+            return 0
+        started = time.perf_counter()
         chain.extend(records[0].position, [r.notification_id for r in records], [r.hash_global for r in records])
         self.ledger.save(chain)
         crash_point("relay.after_chain_saved")
-        self._publish(records)
+        futures = self._send(records)
+        if len(records) == RELAY_BATCH_EVENTS_MAX:  # more is likely waiting: read and hash it meanwhile
+            self._next = self._prepare(chain) or None
+        self._confirm(records, futures)
         crash_point("relay.after_publish")
         chain.published(records[-1].position)
         self.ledger.save(chain)
@@ -98,7 +116,7 @@ class Relay:
         first_notification, last_notification = pending[0][1], pending[-1][1]
         events = dict(self.ledger.read_ledger(first_notification - 1, len(pending), last_notification))
         records = []
-        prev_hash = self._hash_before(chain, pending[0][0])
+        prev_hash = self.ledger.global_hash_before(pending[0][0])
         for position, notification_id, hash_global in pending:
             record = ledger_record(position, notification_id, events[notification_id], prev_hash, hash_global)
             records.append(record)
@@ -110,26 +128,31 @@ class Relay:
                  last_position=records[-1].position, events=len(records))
         return len(records)
 
-    def _hash_before(self, chain: LedgerChain, position: int) -> str:
-        """The global hash of `position - 1`, from the chain's history in the event store."""
-        if position == 1:
-            return GENESIS_HASH
-        for event in reversed(list(self.ledger.repository.event_store.get(chain.id))):
-            if isinstance(event, LedgerChain.Extended) and event.first_position < position:
-                index = position - 1 - event.first_position
-                if index < len(event.hashes):
-                    return event.hashes[index]
-        raise AssertionError(f"no chained hash before position {position}")
+    def _send(self, records: list[LedgerRecord]) -> list[Any]:
+        return [self.producer.send(self.topic, key=record.customer_id.encode(), value=record_encoder.encode(record))
+                for record in records]
 
-    def _publish(self, records: list[LedgerRecord]) -> None:
-        def send_all() -> None:
-            futures = [self.producer.send(self.topic, key=record.customer_id.encode(),
-                                          value=record_encoder.encode(record)) for record in records]
+    def _confirm(self, records: list[LedgerRecord], futures: list[Any]) -> None:
+        """Wait for the acknowledgements of `records` sent as `futures`; on a failure, publish them all again
+        with retries (nothing later was sent meanwhile, so nothing overtakes them)."""
+        try:
             self.producer.flush()
             for future in futures:
                 future.get(timeout=60)
+        except Exception as error:  # noqa: BLE001 - transient broker trouble: the retried publish decides
+            log.warning("publish_retried", worker="relay", topic=self.topic, error=repr(error))
+            self._publish(records)
+
+    def _publish(self, records: list[LedgerRecord]) -> None:
+        def send_all() -> None:
+            self._confirm_once(self._send(records))
 
         with_retries(send_all, "publish ar.ledger")
+
+    def _confirm_once(self, futures: list[Any]) -> None:
+        self.producer.flush()
+        for future in futures:
+            future.get(timeout=60)
 
     def close(self) -> None:
         self.producer.close(timeout=10)

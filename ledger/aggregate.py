@@ -9,6 +9,7 @@ and the customer hash chain (DESIGN §4).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ import msgspec
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
 from ledger.events import SCHEMA_VERSION, DomainEvent, event_from_data, event_to_data
-from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body
+from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body, receipt_hash_body
 from ledger.upcasting import upcast
 
 # Fixed namespace: aggregate ids are derived from business keys, so any process finds them.
@@ -32,10 +33,12 @@ def parse_instant(recorded_at: str) -> dt.datetime:
     return dt.datetime.fromisoformat(recorded_at)  # C-fast; 3.11 reads the trailing Z as UTC
 
 
+@functools.lru_cache(maxsize=65_536)
 def account_id(customer_id: str) -> uuid.UUID:
     return uuid.uuid5(ARLEDGER_NAMESPACE, "customer:" + customer_id)
 
 
+@functools.lru_cache(maxsize=8_192)  # an ingest batch asks twice per record: its look-up, then its receipt
 def receipt_id(envelope_id: str) -> uuid.UUID:
     return uuid.uuid5(ARLEDGER_NAMESPACE, "envelope:" + envelope_id)
 
@@ -131,14 +134,18 @@ class EnvelopeReceipt(Aggregate):
         last_version: int
         recorded_at: str
         origin: str | None  # "topic:partition:offset" of the accepted record, to tell a redelivery
+        # receipt_hash(customer hash of the envelope's last event, the fields above): `verify` recomputes it.
+        # None only on receipts written before receipts were hashed.
+        hash: str | None
 
     @staticmethod
     def create_id(envelope_id: str, **_: Any) -> uuid.UUID:
         return receipt_id(envelope_id)
 
     def __init__(self, envelope_id: str, digest: str, customer_id: str, type: str, first_version: int,
-                 last_version: int, recorded_at: str, origin: str | None = None) -> None:
+                 last_version: int, recorded_at: str, origin: str | None = None, hash: str | None = None) -> None:
         self.origin = origin
+        self.hash = hash
         self.envelope_id = envelope_id
         self.digest = digest
         self.customer_id = customer_id
@@ -146,6 +153,34 @@ class EnvelopeReceipt(Aggregate):
         self.first_version = first_version
         self.last_version = last_version
         self.recorded_at = recorded_at
+
+
+
+_RECEIPT_TOPIC: str | None = None
+
+
+def receipt_accepted(claims: dict[str, Any], hash: str, timestamp: dt.datetime) -> "EnvelopeReceipt.Accepted":
+    """The stored event of a new receipt, made directly: what `EnvelopeReceipt(**claims, hash=hash)`
+    would record (the same attributes in the same order), without building the aggregate that
+    eventsourcing's `_create` builds and the ingest never uses (~15 % of its time per record)."""
+    global _RECEIPT_TOPIC
+    if _RECEIPT_TOPIC is None:
+        from eventsourcing.utils import get_topic
+
+        _RECEIPT_TOPIC = get_topic(EnvelopeReceipt)
+    event = object.__new__(EnvelopeReceipt.Accepted)
+    object.__setattr__(event, "__dict__", {
+        "originator_id": receipt_id(claims["envelope_id"]), "originator_version": 1, "timestamp": timestamp,
+        "originator_topic": _RECEIPT_TOPIC, **claims, "hash": hash})
+    return event
+
+
+def receipt_claims(receipt: Any) -> dict[str, Any]:
+    """The fields a receipt's hash covers, of an EnvelopeReceipt or its stored Accepted event."""
+    return receipt_hash_body(envelope_id=receipt.envelope_id, digest=receipt.digest, customer_id=receipt.customer_id,
+                             type=receipt.type, first_version=receipt.first_version,
+                             last_version=receipt.last_version, recorded_at=receipt.recorded_at,
+                             origin=getattr(receipt, "origin", None))
 
 
 class AccountStateAsBuiltins(Transcoding):

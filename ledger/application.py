@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,10 +20,8 @@ from urllib.parse import unquote, urlparse
 import msgspec
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import JSONTranscoder, PersistenceError
-from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
@@ -37,18 +34,23 @@ from ledger.aggregate import (
     EnvelopeReceipt,
     LedgerChain,
     account_id,
+    parse_instant,
+    receipt_accepted,
     receipt_id,
 )
 from ledger.errors import DuplicateConflict, InvalidEnvelope, Rejection, UnknownCustomer
 from ledger.events import DomainEvent, event_from_data
+from ledger.hashing import GENESIS_HASH, receipt_hash, receipt_hash_body
+from ledger.store import can_select_first_versions, mapper_class, record_in_order, select_first_versions
 from ledger.upcasting import upcast
 
 ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one writer per partition set)
 RECEIPT_CACHE_MAX = 200_000  # recent envelope ids: redeliveries after a crash hit this, not the store
-RECEIPT_LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
 SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
 ACCOUNT_EVENT_TOPICS = (get_topic(CustomerAccount.Opened), get_topic(CustomerAccount.Recorded))
 
+
+_LedgerMapper = mapper_class((CustomerAccount.Opened, CustomerAccount.Recorded, EnvelopeReceipt.Accepted))
 
 # A remembered receipt: digest, origin, envelope id, customer id, type, recorded_at, first and last version.
 _CachedReceipt = tuple[str, str | None, str | None, str | None, str | None, str | None, int | None, int | None]
@@ -151,6 +153,9 @@ class Ledger(Application):
         self._stored_receipt_ids: set[str] | None = None
         self._batch_events: list[Any] = []  # this batch's new stored events, in recorded order
 
+    def construct_mapper(self) -> Any:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=_LedgerMapper)
+
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(AccountStateAsBuiltins())
@@ -161,7 +166,7 @@ class Ledger(Application):
         """Check and apply a batch; saves all accepted events and receipts atomically."""
         records = list(records)
         touched: dict[str, CustomerAccount] = {}
-        new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]] = {}
+        new_receipts: dict[str, tuple[str, Outcome, str | None]] = {}
         self._stored_receipt_ids = self._prefetch_receipt_ids(records)
         self._batch_events = []
         try:
@@ -177,27 +182,19 @@ class Ledger(Application):
             self._stored_receipt_ids = None
         try:
             if self._batch_events:
-                self._save_in_recorded_order(
-                    self._batch_events, [*touched.values(), *(receipt for _, _, receipt in new_receipts.values())])
+                self._save_in_recorded_order(self._batch_events, list(touched.values()))
         except BaseException:
             for customer_id in touched:  # their in-memory state is ahead of the store: reload next time
                 self._accounts.pop(customer_id, None)
             raise
-        for envelope_id, (digest, outcome, receipt) in new_receipts.items():
-            self._remember_receipt(envelope_id, digest, outcome, receipt.origin)
+        for envelope_id, (digest, outcome, origin) in new_receipts.items():
+            self._remember_receipt(envelope_id, digest, outcome, origin)
         return outcomes
 
     def _save_in_recorded_order(self, events: list[Any], aggregates: list[Any]) -> None:
         """Like `save(*aggregates)`, but the notification log gets the events in the order they were
         recorded across customers (save() would group them per aggregate)."""
-        for aggregate in aggregates:
-            aggregate.collect_events()  # taken in `events` already, in recorded order
-        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
-        processing_event.events.extend(events)  # collect_events() would isinstance-check a Protocol per event
-        processing_event.aggregates.update({aggregate.id: aggregate for aggregate in aggregates})
-        recordings = self._record(processing_event)
-        self._snapshot_from_memory(events, aggregates)
-        self._notify(recordings)
+        record_in_order(self, events, aggregates, then=lambda: self._snapshot_from_memory(events, aggregates))
 
     def _snapshot_from_memory(self, events: list[Any], aggregates: list[Any]) -> None:
         """Snapshots of the aggregates whose stream reached a multiple of its snapshotting interval in
@@ -227,7 +224,7 @@ class Ledger(Application):
         return format_instant(now)
 
     def _process_one(self, record: InboundRecord, touched: dict[str, CustomerAccount],
-                     new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+                     new_receipts: dict[str, tuple[str, Outcome, str | None]]) -> Outcome:
         raw: c.RawEnvelope | None = None
         try:
             raw = c.decode_envelope(record.value)
@@ -264,7 +261,7 @@ class Ledger(Application):
                                        redelivered=origin is not None and origin == original_origin)
 
     def _apply(self, envelope: c.Envelope, origin: str | None, touched: dict[str, CustomerAccount],
-               new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]) -> Outcome:
+               new_receipts: dict[str, tuple[str, Outcome, str | None]]) -> Outcome:
         recorded_at = self._next_recorded_at()
         account = touched.get(envelope.customer_id) or self._load_account(envelope.customer_id)
         if account is None:
@@ -285,11 +282,12 @@ class Ledger(Application):
                           type=envelope.type, recorded_at=recorded_at, first_version=first_version,
                           last_version=account.version, events=emitted)
         digest = envelope.digest()
-        receipt = EnvelopeReceipt(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
-                                  type=envelope.type, first_version=first_version, last_version=account.version,
-                                  recorded_at=recorded_at, origin=origin)
-        new_receipts[envelope.id] = (digest, outcome, receipt)
-        self._batch_events.extend(receipt.pending_events)
+        claims = receipt_hash_body(envelope_id=envelope.id, digest=digest, customer_id=envelope.customer_id,
+                                   type=envelope.type, first_version=first_version, last_version=account.version,
+                                   recorded_at=recorded_at, origin=origin)
+        new_receipts[envelope.id] = (digest, outcome, origin)
+        self._batch_events.append(receipt_accepted(claims, receipt_hash(account.last_hash, claims),
+                                                   parse_instant(recorded_at)))
         return outcome
 
     def _load_account(self, customer_id: str) -> CustomerAccount | None:
@@ -306,11 +304,10 @@ class Ledger(Application):
         return account
 
     def _find_receipt(self, envelope_id: str,
-                      new_receipts: dict[str, tuple[str, Outcome, EnvelopeReceipt]]
+                      new_receipts: dict[str, tuple[str, Outcome, str | None]]
                       ) -> tuple[str, Outcome, str | None] | None:
         if envelope_id in new_receipts:
-            digest, outcome, receipt = new_receipts[envelope_id]
-            return digest, outcome, receipt.origin
+            return new_receipts[envelope_id]
         cached = self._receipts.get(envelope_id)
         if cached is not None:
             digest, origin, cached_id, customer_id, type_, recorded_at, first_version, last_version = cached
@@ -332,33 +329,17 @@ class Ledger(Application):
     def _prefetch_receipt_ids(self, records: list[InboundRecord]) -> set[str] | None:
         """Envelope ids of the batch that have a stored receipt, in one query (SQLite, PostgreSQL);
         None: the store is another kind, ask one by one."""
-        events_table = getattr(self.recorder, "events_table_name", None)
-        datastore = getattr(self.recorder, "datastore", None)
-        if events_table is None or not isinstance(datastore, (SQLiteDatastore, PostgresDatastore)):
+        if not can_select_first_versions(self):
             return None
-        wanted: dict[str, str] = {}
+        wanted: dict[UUID, str] = {}
         for record in records:
             try:
                 envelope_id = _id_probe.decode(record.value).id
             except (msgspec.DecodeError, UnicodeDecodeError):  # not JSON, or not UTF-8: rejected later
                 continue
             if isinstance(envelope_id, str) and envelope_id not in self._receipts:
-                wanted[receipt_id(envelope_id).hex] = envelope_id
-        found: set[str] = set()
-        keys = list(wanted)
-        with datastore.transaction(commit=False) as cursor:
-            for start in range(0, len(keys), RECEIPT_LOOKUP_CHUNK):
-                chunk = keys[start:start + RECEIPT_LOOKUP_CHUNK]
-                if isinstance(datastore, SQLiteDatastore):
-                    cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
-                                   f"AND originator_id IN ({','.join('?' * len(chunk))})", chunk)
-                    found.update(wanted[row[0]] for row in cursor.fetchall())
-                else:
-                    cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
-                                   f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])",
-                                   [[uuid.UUID(key) for key in chunk]])
-                    found.update(wanted[row["originator_id"].hex] for row in cursor.fetchall())
-        return found
+                wanted[receipt_id(envelope_id)] = envelope_id
+        return {wanted[found] for found in select_first_versions(self, list(wanted))}
 
     def _remember_receipt(self, envelope_id: str, digest: str, outcome: Outcome, origin: str | None) -> None:
         # A flat tuple of strings and ints: CPython's cyclic GC stops tracking it after one pass, so a
@@ -424,6 +405,18 @@ class Ledger(Application):
             return self.repository.get(CHAIN_ID)
         except AggregateNotFoundError:
             return LedgerChain()
+
+    def global_hash_before(self, position: int) -> str:
+        """The global hash of ledger position `position - 1` (GENESIS_HASH before position 1), from the
+        chain's history in the event store."""
+        if position == 1:
+            return GENESIS_HASH
+        for event in reversed(list(self.repository.event_store.get(CHAIN_ID))):
+            if isinstance(event, LedgerChain.Extended) and event.first_position < position:
+                index = position - 1 - event.first_position
+                if index < len(event.hashes):
+                    return event.hashes[index]
+        raise LookupError(f"no chained hash before position {position}")
 
     def account_known_at(self, customer_id: str, known_at: dt.datetime | None = None) -> AccountState | None:
         """The account as the ledger knew it at recorded instant `known_at` (None: now), replayed in order."""

@@ -30,3 +30,17 @@ def customer_hash_body(*, kind: str, customer_id: str, envelope_id: str, version
     """The fields the customer chain covers: the event without hash fields and without its global position."""
     return {"kind": kind, "customer_id": customer_id, "envelope_id": envelope_id, "version": version,
             "recorded_at": recorded_at, "schema_version": schema_version, "data": data}
+
+
+def receipt_hash_body(*, envelope_id: str, digest: str, customer_id: str, type: str, first_version: int,
+                      last_version: int, recorded_at: str, origin: str | None) -> dict[str, Any]:
+    """What an idempotency receipt claims: the fields its hash covers."""
+    return {"envelope_id": envelope_id, "digest": digest, "customer_id": customer_id, "type": type,
+            "first_version": first_version, "last_version": last_version, "recorded_at": recorded_at,
+            "origin": origin}
+
+
+def receipt_hash(last_event_hash: str, body: dict[str, Any]) -> str:
+    """A receipt's hash, chained to the customer hash of the last event its envelope produced: a receipt
+    altered by hand no longer matches it, and the event's hash is itself covered by both chains."""
+    return chain_hash(last_event_hash, body)

@@ -14,7 +14,8 @@ the same run on the same broker:
   ingest     inbound records/s through the ledger (Ledger.process_batch, batches
              of 2,000, SQLite) vs the event store's raw append rate at the same
              batch size; and through Kafka with the ingest worker
-  relay      ledger events/s from the event store to ar.ledger
+  relay      ledger events/s from the event store to ar.ledger vs kafka-python
+             producing the very same records (same producer settings)
   project    events/s of the set-based fold (50,000-event batches) and of the
              projector on Kafka vs the raw kafka-python consume rate of the same
              topic and Kafka's own ConsumerPerformance tool; a naive row-by-row
@@ -29,6 +30,9 @@ the same run on the same broker:
   decisions  credit-decision latency p50/p99 (order.placed produced -> decision
              consumed) at 200 orders/s with 2,000 other events/s
   aging      aging report latency at 10k / 100k / 1M open items
+  sustained  the default 'arledger run' at stepped offered rates (2,000/s up to
+             --sustained-rates): the highest with end-to-end p99 < 1 s, and
+             the p99 at 2,000 records/s
   web        server time p50/p99 of each page and API call of 'arledger serve' on the
              workload's read model and on 50,000 customers (targets: pages < 200 ms,
              credit check < 50 ms)
@@ -68,7 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to offer orders and other events for the decision latency (default 20)")
     parser.add_argument("--only", metavar="STAGE,...",
                         help="run only these stages: ingest, relay, project, rebuild, latency, workers, store, "
-                             "decisions, aging, web (baselines included)")
+                             "decisions, aging, sustained, web (baselines included)")
+    parser.add_argument("--sustained-rates", metavar="R,R,...", default=None,
+                        help="offered records/s the sustained stage steps through, lowest first, stopping at "
+                             "the first whose end-to-end p99 is 1 s or more (default 2000,4000,6000,8000,10000,12000)")
+    parser.add_argument("--sustained-seconds", type=float, default=None, metavar="S",
+                        help="how long each step of the sustained stage offers its rate (default 10)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile stages that miss their target")
     parser.add_argument("--markdown", type=Path, metavar="FILE.json",
                         help="print the 'Performance' section (docs/performance.md) of a results file and exit")

@@ -67,3 +67,69 @@ def test_a_duplicate_from_the_receipt_cache_equals_one_from_the_store(store_url:
     assert {(o.envelope_id, o.customer_id, o.type, o.recorded_at, o.first_version, o.last_version)
             for o in from_cache} == {(first.envelope_id, "C1", "sale.recorded", first.recorded_at,
                                       first.first_version, first.last_version)}
+
+
+def test_the_msgspec_mapper_writes_and_reads_exactly_what_eventsourcing_s_json_mapper_does(store_url: str):
+    from eventsourcing.persistence import Mapper
+
+    ledger = Ledger(store_url)
+    try:
+        process(ledger, registered(), sale("I1", 1_000, issued_on="2026-01-02"),
+                payment("P1", 400, received_on="2026-01-05"), order_placed("O1", 300, on="2026-01-06"))
+        plain = Mapper(transcoder=ledger.mapper.transcoder)
+        notifications = ledger.recorder.select_notifications(start=1, limit=1_000)
+        assert {n.topic.rsplit(":", 1)[1] for n in notifications} >= {"CustomerAccount.Opened",
+                                                                      "CustomerAccount.Recorded",
+                                                                      "EnvelopeReceipt.Accepted"}
+        for notification in notifications:
+            slow = plain.to_domain_event(notification)
+            fast = ledger.mapper.to_domain_event(notification)
+            assert type(fast) is type(slow) and vars(fast) == vars(slow)
+            assert ledger.mapper.to_stored_event(slow).state == plain.to_stored_event(slow).state
+    finally:
+        ledger.close()
+
+
+class _Idle:
+    """Stands in for the Kafka clients: the batch sizing under test never talks to the broker."""
+
+    def close(self, **_: object) -> None:
+        pass
+
+
+def test_an_ingest_batch_closes_at_its_latency_bound_or_its_size_whichever_comes_first(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from arledger.settings import INGEST_BATCH_RECORDS_MAX, INGEST_BATCH_RECORDS_MIN, Settings
+    from consumers.ingest import IngestWorker
+
+    monkeypatch.setenv("ARLEDGER_INGEST_BATCH_MS", "20")
+    settings = Settings(home=tmp_path, broker_port=1, kafka_bootstrap="unused:1",
+                        store_url=f"sqlite:///{tmp_path / 'l.sqlite'}")
+    worker = IngestWorker(settings, Ledger("memory://"), consumer=_Idle(), producer=_Idle())
+    assert worker.batch_records() == INGEST_BATCH_RECORDS_MIN  # the first batch measures the cost
+    for _ in range(30):
+        worker._measured(100, 0.1)  # 1 ms per record: 20 records fit 20 ms
+    assert worker.batch_records() == 20
+    for _ in range(30):
+        worker._measured(1_000, 0.002)  # 2 µs per record: 10,000 would fit; the size bound closes the batch
+    assert worker.batch_records() == INGEST_BATCH_RECORDS_MAX
+    for _ in range(30):
+        worker._measured(200, 0.04)  # 0.2 ms per record: 100 records fit
+    assert 99 <= worker.batch_records() <= 100
+
+
+def test_a_receipt_event_made_directly_is_the_one_eventsourcing_would_make():
+    import datetime as dt
+
+    from ledger.aggregate import EnvelopeReceipt, receipt_accepted
+
+    claims = {"envelope_id": "e-1", "digest": "d" * 64, "customer_id": "C1", "type": "sale.recorded",
+              "first_version": 3, "last_version": 4, "recorded_at": "2026-01-02T03:04:05.000006Z", "origin": None}
+    stamp = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    (made,) = EnvelopeReceipt(**claims, hash="h" * 64).collect_events()
+    direct = receipt_accepted(claims, "h" * 64, stamp)
+    assert type(direct) is type(made)
+    assert list(vars(direct)) == list(vars(made))
+    assert {**vars(direct), "timestamp": None} == {**vars(made), "timestamp": None}
+    rebuilt = direct.mutate(None)
+    assert (rebuilt.id, rebuilt.version, rebuilt.digest, rebuilt.hash) == (made.originator_id, 1, "d" * 64, "h" * 64)

@@ -1,0 +1,138 @@
+"""The one door into the event store's internals: the only module of arledger that touches eventsourcing's
+`_record`, `_notify`, `ProcessingEvent` and the events table's SQL. Everything else — the relay, rebuild,
+audit, bench — reads and writes through `ledger.application.Ledger`'s methods.
+
+`record_in_order` saves a batch's events in one transaction in the order they were recorded across
+customers; `select_first_versions` finds which aggregates exist, in one query per 500 ids.
+
+The mapper: how the ledger's own events are turned into stored rows and back, msgspec instead of the json module.
+
+eventsourcing's `Mapper` encodes an event's attributes with its `JSONTranscoder` (the json module, a
+Python hook per custom object) and decodes with an object hook called for every JSON object. The
+ledger's hot events — `CustomerAccount.Opened` / `Recorded` and `EnvelopeReceipt.Accepted` — hold only
+strings, integers, builtins data (from `msgspec.to_builtins`) and one datetime, the store's timestamp.
+`MsgspecMapper` writes those with msgspec, byte for byte what the JSONTranscoder writes (the timestamp
+as `{"_type_":"datetime_iso","_data_":...}`, compact separators, UTF-8), and reads them back with
+msgspec when the timestamp is their only transcoded value. Everything else (snapshots, the chain,
+an event with a compressor or cipher configured) goes through eventsourcing's own path unchanged, so
+stores written before and after are the same format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.persistence import Mapper, StoredEvent, find_id_convertor
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.utils import get_topic, resolve_topic
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+_TYPE_MARK = b'"_type_"'
+_DATETIME = "datetime_iso"
+
+
+class MsgspecMapper(Mapper):
+    """A Mapper with a msgspec fast path for the event classes given to `fast_classes`."""
+
+    fast_classes: frozenset[type] = frozenset()
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        cls = type(domain_event)
+        if cls not in self.fast_classes or self.cipher or self.compressor:
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        timestamp = state["timestamp"]
+        if type(timestamp) is not dt.datetime:  # noqa: E721 - exactly what the fast path knows
+            return super().to_stored_event(domain_event)
+        state["timestamp"] = {"_type_": _DATETIME, "_data_": timestamp.isoformat()}
+        return StoredEvent(originator_id=originator_id, originator_version=originator_version,
+                           topic=_topic(cls), state=_encode(state))
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        cls = resolve_topic(stored_event.topic)
+        state_bytes = stored_event.state
+        if (cls not in self.fast_classes or self.cipher or self.compressor
+                or bytes(state_bytes).count(_TYPE_MARK) != 1):
+            return super().to_domain_event(stored_event)
+        try:
+            state = _decode(state_bytes)
+            stamp = state["timestamp"]
+            if stamp["_type_"] != _DATETIME or len(stamp) != 2:
+                raise ValueError(stamp)
+            state["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
+        except Exception:  # noqa: BLE001 - not the shape the fast path knows: eventsourcing's path says why
+            return super().to_domain_event(stored_event)
+        state["originator_id"] = find_id_convertor(cls, type(stored_event.originator_id))(stored_event.originator_id)
+        state["originator_version"] = stored_event.originator_version
+        if getattr(cls, "class_version", 1) != 1 or "class_version" in state:
+            return super().to_domain_event(stored_event)
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", state)
+        return domain_event
+
+
+_topics: dict[type, str] = {}
+
+
+def _topic(cls: type) -> str:
+    topic = _topics.get(cls)
+    if topic is None:
+        topic = _topics[cls] = get_topic(cls)
+    return topic
+
+
+def mapper_class(fast: tuple[type, ...]) -> type[MsgspecMapper]:
+    """A MsgspecMapper subclass whose fast path covers the event classes `fast`."""
+    return type("LedgerMapper", (MsgspecMapper,), {"fast_classes": frozenset(fast)})
+
+
+# -- Writing and looking up rows ----------------------------------------------------------------
+
+LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
+
+
+def record_in_order(app: Application, events: list[Any], aggregates: list[Any],
+                    then: Callable[[], None] = lambda: None) -> None:
+    """Save `events` (new events of `aggregates`, in the order they were recorded across aggregates) in
+    one transaction, run `then` (e.g. snapshots), and notify eventsourcing's followers of the recordings."""
+    for aggregate in aggregates:
+        aggregate.collect_events()  # taken in `events` already, in recorded order
+    processing_event: ProcessingEvent[uuid.UUID] = ProcessingEvent()
+    processing_event.events.extend(events)  # collect_events() would isinstance-check a Protocol per event
+    processing_event.aggregates.update({aggregate.id: aggregate for aggregate in aggregates})
+    recordings = app._record(processing_event)  # noqa: SLF001 - the one door (module docstring)
+    then()
+    app._notify(recordings)  # noqa: SLF001
+
+
+def can_select_first_versions(app: Application) -> bool:
+    return (getattr(app.recorder, "events_table_name", None) is not None
+            and isinstance(getattr(app.recorder, "datastore", None), (SQLiteDatastore, PostgresDatastore)))
+
+
+def select_first_versions(app: Application, originator_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `originator_ids` have a stored version 1 (SQLite or PostgreSQL: see can_select_first_versions)."""
+    events_table = app.recorder.events_table_name
+    datastore = app.recorder.datastore
+    found: set[uuid.UUID] = set()
+    with datastore.transaction(commit=False) as cursor:
+        for start in range(0, len(originator_ids), LOOKUP_CHUNK):
+            chunk = originator_ids[start:start + LOOKUP_CHUNK]
+            if isinstance(datastore, SQLiteDatastore):
+                cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
+                               f"AND originator_id IN ({','.join('?' * len(chunk))})", [key.hex for key in chunk])
+                found.update(uuid.UUID(row[0]) for row in cursor.fetchall())
+            else:
+                cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
+                               f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
+                found.update(row["originator_id"] for row in cursor.fetchall())
+    return found
