@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import duckdb
 
+from projections.exposure import OPEN_ITEMS_SQL
+from projections.reports import BALANCES_SQL
+
 SCHEMA_VERSION = 1
 
 TABLES: dict[str, tuple[str, str]] = {
@@ -80,45 +83,28 @@ TABLES: dict[str, tuple[str, str]] = {
         key VARCHAR PRIMARY KEY, value VARCHAR"""),
 }
 
+# "Now", defined once (DESIGN §5 views, issue 14): as of today's UTC date, as known now, i.e. the very SQL of
+# `report open-items` / `report balances` with $as_of = today (UTC, whatever the client's TimeZone) and
+# $known_at = +infinity. So `SELECT * FROM customer_balances` and `arledger report balances` agree.
+TODAY_UTC = "CAST(make_timestamp(epoch_us(now())) AS DATE)"
+KNOWN_NOW = "CAST('infinity' AS TIMESTAMPTZ)"
+
+
+def as_of_today(sql: str, **constants: str) -> str:
+    """A report's parameterised SQL as a view: $as_of → today (UTC), $known_at → now, other $names → constants."""
+    for name, value in {"as_of": f"({TODAY_UTC})", "known_at": KNOWN_NOW, **constants}.items():
+        sql = sql.replace(f"${name}", value)
+    assert "$" not in sql, sql
+    return sql
+
+
 VIEWS: dict[str, tuple[str, str]] = {
-    "open_items": ("Items as they stand now: open amount, status, dispute flag, days past due today (UTC).", """
-        SELECT i.customer_id, i.invoice_id, i.installment, i.amount, i.currency, i.issued_on, i.due_on,
-               i.open_amount,
-               CASE WHEN i.written_off THEN 'written_off' WHEN d.disputed THEN 'disputed'
-                    WHEN i.open_amount = 0 THEN 'paid' ELSE 'open' END AS status,
-               coalesce(d.disputed, false) AS disputed,
-               greatest(current_date - i.due_on, 0) AS days_past_due
-        FROM items i
-        LEFT JOIN (SELECT customer_id, invoice_id, arg_max(kind, position) = 'opened' AS disputed
-                   FROM dispute_events GROUP BY ALL) d USING (customer_id, invoice_id)"""),
-    "customer_balances": ("Per customer now: balance, unapplied, overdue, limit, exposure, available, hold, grade.", """
-        WITH open_by_customer AS (
-            SELECT customer_id, sum(open_amount) AS open_amount,
-                   sum(open_amount) FILTER (WHERE due_on < current_date) AS overdue
-            FROM items GROUP BY ALL),
-        unapplied AS (SELECT customer_id, sum(amount) AS unapplied FROM unapplied_movements GROUP BY ALL),
-        orders AS (SELECT customer_id, sum(exposure_delta) AS open_orders FROM order_events GROUP BY ALL),
-        latest AS (
-            SELECT customer_id, attribute, arg_max(value_int, (effective_on, position)) AS value_int,
-                   arg_max(value_text, (effective_on, position)) AS value_text
-            FROM credit_history WHERE effective_on <= current_date GROUP BY ALL),
-        last_payment AS (SELECT customer_id, max(received_on) AS last_payment_on FROM payments GROUP BY ALL)
-        SELECT c.customer_id, c.name, c.currency, c.salesperson,
-               coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0) AS balance,
-               coalesce(u.unapplied, 0) AS unapplied, coalesce(o.overdue, 0) AS overdue,
-               coalesce(l.value_int, 0) AS credit_limit, coalesce(r.open_orders, 0) AS open_orders,
-               coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0) + coalesce(r.open_orders, 0) AS exposure,
-               coalesce(l.value_int, 0) - (coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0)
-                   + coalesce(r.open_orders, 0)) AS available,
-               coalesce(h.value_int, 0) = 1 AS on_hold, g.value_text AS grade, p.last_payment_on
-        FROM customers c
-        LEFT JOIN open_by_customer o USING (customer_id)
-        LEFT JOIN unapplied u USING (customer_id)
-        LEFT JOIN orders r USING (customer_id)
-        LEFT JOIN latest l ON l.customer_id = c.customer_id AND l.attribute = 'credit_limit'
-        LEFT JOIN latest h ON h.customer_id = c.customer_id AND h.attribute = 'on_hold'
-        LEFT JOIN latest g ON g.customer_id = c.customer_id AND g.attribute = 'grade'
-        LEFT JOIN last_payment p ON p.customer_id = c.customer_id"""),
+    "open_items": ("Every installment issued by today with its open amount, status and days past due as of "
+                   "today (UTC), as known now: the rows of `arledger report open-items`.",
+                   as_of_today(OPEN_ITEMS_SQL, customer_id="CAST(NULL AS VARCHAR)", include_settled="true")),
+    "customer_balances": ("Per customer as of today (UTC), as known now: balance, unapplied, overdue, limit, "
+                          "exposure, available, utilisation, hold, grade, last payment: the rows of "
+                          "`arledger report balances`.", as_of_today(BALANCES_SQL)),
 }
 
 
