@@ -3,15 +3,16 @@
 It assigns every partition of ar.ledger itself (no consumer group, no
 rebalance pauses) and seeks to the offsets stored in the DuckDB file, never to
 Kafka's committed ones. Every few seconds it publishes a consistent read-only
-snapshot of the file (CHECKPOINT, copy, atomic rename) for `report`, `sql` and
-analysts' own tools: DuckDB lets no other process open a file while it writes.
+snapshot for `report`, `sql` and analysts' own tools (DuckDB lets no other
+process open a file while it writes): `projections/publication.py` copies only
+what changed since into a generation file and atomically re-points the
+`snapshot.duckdb` link to it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,35 +24,23 @@ from arledger.settings import PROJECT_BATCH_EVENTS_MAX, SNAPSHOT_INTERVAL_S, TOP
 from consumers import clients
 from consumers.faults import crash_point
 from consumers.rebuild import adopt_rebuilt, announce_projector, rebuilt_path, swap_lock
-from projections import schema
+from projections import publication, schema
 from projections.fold import apply_batch, stored_offsets
 
 log = structlog.get_logger("arledger.project")
 
 
-SNAPSHOT_COPY_CHUNK_BYTES = 8 * 1024 * 1024
-
-
-def publish_snapshot(connection, source: Path, target: Path, source_fd: int | None = None) -> None:
-    """Copy a consistent image of `source` to `target` atomically (readers see old or new, never half).
+def publish_snapshot(connection, source: Path, target: Path, source_fd: int | None = None) -> publication.Published:
+    """Publish the live file `source` (open in `connection`) at `target`: readers see the old or the new
+    state, never half (projections/publication.py: changed blocks into a generation file, then a link).
 
     A writer passes `source_fd`, a descriptor it keeps open for as long as its connection: closing any
-    descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included, so the
-    copy must not open and close the live file (shutil.copyfile would).
+    descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included.
     """
-    connection.execute("CHECKPOINT")
-    partial = target.with_name(target.name + ".partial")
-    if source_fd is None:
-        shutil.copyfile(source, partial)
-    else:
-        with open(partial, "wb") as out:
-            offset = 0
-            while chunk := os.pread(source_fd, SNAPSHOT_COPY_CHUNK_BYTES, offset):
-                out.write(chunk)
-                offset += len(chunk)
-    os.replace(partial, target)
+    return publication.publish(connection, source, target, source_fd)
 
 
+PUBLICATIONS_KEPT = 1000  # (mode, seconds) of the latest publications, for the bench and metrics
 READ_AHEAD_BATCHES_MAX = 2  # batches fetched ahead while DuckDB folds: bounded memory
 
 
@@ -151,6 +140,7 @@ class Projector:
         self.reader = ReadAhead(self.consumer)
         self._dirty = True
         self._last_snapshot = 0.0
+        self.publications: list[tuple[str, float]] = []  # (mode, seconds) of the latest publications
         self.staging_dir = self.path.parent
 
     def _seek_to_stored_offsets(self) -> None:
@@ -218,9 +208,13 @@ class Projector:
             if any(applied.get(partition, 0) < offset for partition, offset in self._snapshot_floor.items()):
                 return False  # readers never see the read model go back in time
             self._snapshot_floor = None
-        publish_snapshot(self.connection, self.path, self.snapshot_path, self._source_fd)
+        published = publish_snapshot(self.connection, self.path, self.snapshot_path, self._source_fd)
         self._dirty = False
         self._last_snapshot = now
+        self.publications.append((published.mode, published.seconds))
+        del self.publications[:-PUBLICATIONS_KEPT]
+        log.debug("snapshot_published", worker="project", mode=published.mode, blocks=published.blocks_copied,
+                  of_blocks=published.blocks_total, duration_ms=round(published.seconds * 1000, 1))
         return True
 
     def close(self) -> None:

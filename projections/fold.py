@@ -240,9 +240,13 @@ def _fold(connection: duckdb.DuckDBPyConnection, stage_path: str, has_records: b
         return 0
     connection.execute(
         f"CREATE OR REPLACE TEMP TABLE fresh AS "
-        f"SELECT * FROM read_json(?, format = 'newline_delimited', columns = {STAGE_COLUMNS}) "
-        f"QUALIFY row_number() OVER (PARTITION BY position) = 1",
+        f"SELECT * FROM read_json(?, format = 'newline_delimited', columns = {STAGE_COLUMNS})",
         [stage_path])
+    # A position twice in one batch (a relay re-publish caught in the same poll) is rare: a cheap check, and
+    # the window that keeps the first copy only when needed (it cost ~35 % of the staging otherwise).
+    if connection.execute("SELECT count(*) <> count(DISTINCT position) FROM fresh").fetchone()[0]:
+        connection.execute("CREATE OR REPLACE TEMP TABLE fresh AS SELECT * FROM fresh "
+                           "QUALIFY row_number() OVER (PARTITION BY position) = 1")
     # Drop what an earlier batch already applied (a relay re-publish after a crash).
     connection.execute("DELETE FROM fresh WHERE position IN (SELECT position FROM ledger_events "
                        "WHERE position BETWEEN (SELECT min(position) FROM fresh) AND (SELECT max(position) FROM fresh))")

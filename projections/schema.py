@@ -108,9 +108,16 @@ VIEWS: dict[str, tuple[str, str]] = {
 }
 
 
+# The newest storage format the DuckDB 1.x CLI (what package registries serve as `duckdb-cli`) reads: files this
+# project creates are written in it, so `duckdb -readonly snapshot.duckdb` works with the analysts' CLI. A file
+# that already exists keeps its format (an older DuckDB 2 default one is upgraded by `arledger rebuild`).
+STORAGE_VERSION = "v1.4.0"
+
+
 def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a projection file with the session settings every query here assumes."""
-    connection = duckdb.connect(path, read_only=read_only)
+    config = {} if read_only or path == ":memory:" else {"storage_compatibility_version": STORAGE_VERSION}
+    connection = duckdb.connect(path, read_only=read_only, config=config)
     connection.execute("SET TimeZone = 'UTC'")
     return connection
 
