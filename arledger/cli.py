@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "arledger.commands.audit",
     "arledger.commands.rebuild",
     "arledger.commands.sql",
+    "arledger.commands.sqlserver",
     "arledger.commands.demo",
     "arledger.commands.bench",
 )

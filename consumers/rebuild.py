@@ -50,7 +50,7 @@ from ledger.aggregate import CHAIN_ID, LedgerChain
 from ledger.application import Ledger
 from ledger.hashing import GENESIS_HASH
 from ledger.records import record_encoder
-from projections import schema
+from projections import publication, schema
 from projections.fold import apply_batch, stored_offsets
 
 log = structlog.get_logger("arledger.rebuild")
@@ -589,9 +589,9 @@ def live_copy(settings: Settings, scratch: Path) -> Iterator[tuple[Path, str]]:
     if not kind and settings.snapshot_path.exists():
         # A second name for this very snapshot: the projector may rename a newer one over it meanwhile.
         try:
-            os.link(settings.snapshot_path, scratch)
+            publication.stable_link(settings.snapshot_path, scratch)  # never rewritten while linked
         except OSError:
-            shutil.copyfile(settings.snapshot_path, scratch)
+            publication.copy_published(settings.snapshot_path, scratch)
         kind = "snapshot"
     if not kind:
         raise RebuildError(f"no projection under {settings.home}: nothing to check")

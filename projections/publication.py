@@ -91,6 +91,20 @@ def stable_link(snapshot_path: Path, target: Path) -> None:
     os.link(os.path.realpath(snapshot_path), target)
 
 
+def copy_published(snapshot_path: Path, target: Path) -> None:
+    """Copy the published generation to `target` as one consistent image: a second hard link (next to it)
+    keeps the publisher from rewriting it while the bytes are read; a plain file is copied as is."""
+    if not snapshot_path.is_symlink():
+        shutil.copyfile(snapshot_path, target)
+        return
+    pin = generations_dir(snapshot_path) / f".pin-{uuid.uuid4().hex}"
+    stable_link(snapshot_path, pin)
+    try:
+        shutil.copyfile(pin, target)
+    finally:
+        pin.unlink(missing_ok=True)
+
+
 def _lock_for_writing(fd: int) -> bool:
     """True if no other process holds a lock on the file (DuckDB readers hold a shared one)."""
     try:
