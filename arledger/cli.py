@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "arledger.commands.rebuild",
     "arledger.commands.sql",
     "arledger.commands.sqlserver",
+    "arledger.commands.redrive",
     "arledger.commands.demo",
     "arledger.commands.bench",
 )

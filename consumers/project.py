@@ -11,6 +11,7 @@ what changed since into a generation file and atomically re-points the
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -25,7 +26,7 @@ from consumers import clients
 from consumers.faults import crash_point
 from consumers.rebuild import adopt_rebuilt, announce_projector, rebuilt_path, swap_lock
 from projections import publication, schema
-from projections.fold import apply_batch, stored_offsets
+from projections.fold import dead_letters, fold_or_set_aside, redrive, stored_offsets
 
 log = structlog.get_logger("arledger.project")
 
@@ -38,6 +39,11 @@ def publish_snapshot(connection, source: Path, target: Path, source_fd: int | No
     descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included.
     """
     return publication.publish(connection, source, target, source_fd)
+
+
+def redrive_path(projection_path: Path) -> Path:
+    """`arledger redrive` writes this marker (JSON: positions, or null for all); the projector acts on it."""
+    return projection_path.with_name(projection_path.name + ".redrive")
 
 
 PUBLICATIONS_KEPT = 1000  # (mode, seconds) of the latest publications, for the bench and metrics
@@ -62,8 +68,9 @@ class ReadAhead:
     def __init__(self, consumer: KafkaConsumer, poll_timeout_ms: int = 200) -> None:
         self.consumer = consumer
         self.poll_timeout_ms = poll_timeout_ms
-        self.batches: queue.Queue[tuple[list[bytes], dict[tuple[str, int], int]]] = queue.Queue(
-            maxsize=READ_AHEAD_BATCHES_MAX)
+        # (values, next offsets per partition, (topic, partition, offset) of each value)
+        self.batches: queue.Queue[tuple[list[bytes], dict[tuple[str, int], int], list[tuple[str, int, int]]]] = \
+            queue.Queue(maxsize=READ_AHEAD_BATCHES_MAX)
         self.lags: dict[TopicPartition, int] = {}
         self.error: BaseException | None = None
         self._stopping = threading.Event()
@@ -79,19 +86,22 @@ class ReadAhead:
                     continue
                 values: list[bytes] = []
                 offsets: dict[tuple[str, int], int] = {}
+                origins: list[tuple[str, int, int]] = []
                 for partition, records in polled.items():
                     values.extend(record.value for record in records)
+                    origins.extend((partition.topic, partition.partition, record.offset) for record in records)
                     offsets[(partition.topic, partition.partition)] = records[-1].offset + 1
                 while not self._stopping.is_set():
                     try:
-                        self.batches.put((values, offsets), timeout=0.1)
+                        self.batches.put((values, offsets, origins), timeout=0.1)
                         break
                     except queue.Full:
                         continue
         except BaseException as error:  # surfaced to the projector's thread by next()
             self.error = error
 
-    def next(self, timeout_ms: int) -> tuple[list[bytes], dict[tuple[str, int], int]] | None:
+    def next(self, timeout_ms: int) -> tuple[list[bytes], dict[tuple[str, int], int],
+                                             list[tuple[str, int, int]]] | None:
         """The next fetched batch, waiting at most `timeout_ms`; None when there is none yet."""
         if self.error is not None:
             raise self.error
@@ -182,14 +192,38 @@ class Projector:
                  snapshot_held_until=floor)
         return True
 
+    def redrive(self) -> tuple[int, int]:
+        """`arledger redrive` asked (a marker file): fold the dead letters again, between two batches."""
+        marker = redrive_path(self.path)
+        try:
+            wanted = json.loads(marker.read_text() or "null")
+        except (OSError, ValueError):
+            wanted = None
+        folded, failing = redrive(self.connection, wanted, staging_dir=self.staging_dir)
+        marker.unlink(missing_ok=True)
+        self._dirty = True
+        log.info("dead_letters_redriven", worker="project", folded=folded, still_failing=failing)
+        if self.metrics:
+            self.metrics.observe_dead_letters(len(dead_letters(self.connection)))
+        return folded, failing
+
     def run_once(self, timeout_ms: int) -> int:
         if self.rebuilt_path.exists():
             self.adopt_rebuilt()
+        if redrive_path(self.path).exists():
+            self.redrive()
         batch = self.reader.next(timeout_ms)
-        values, offsets = batch if batch is not None else ([], {})
+        values, offsets, origins = batch if batch is not None else ([], {}, [])
         if values:
-            result = apply_batch(self.connection, values, offsets, staging_dir=self.staging_dir,
-                                 before_commit=lambda: crash_point("project.mid_transaction"))
+            result, dead = fold_or_set_aside(self.connection, values, offsets, origins, staging_dir=self.staging_dir,
+                                             before_commit=lambda: crash_point("project.mid_transaction"))
+            for letter in dead:  # the alert: an error line per record set aside, and the metric
+                topic, partition, offset = origins[letter.index]
+                log.error("projector_dead_letter", worker="project", topic=topic, partition=partition, offset=offset,
+                          error=f"{type(letter.error).__name__}: {letter.error}"[:500],
+                          hint="set aside in dead_letters; fix, then `arledger redrive`")
+            if dead and self.metrics:
+                self.metrics.observe_dead_letters(len(dead_letters(self.connection)))
             self._dirty = True
             if self.metrics:
                 self.metrics.observe_project(self.topic, result.applied, offsets, result.duration_s)

@@ -137,10 +137,20 @@ def open_union(paths: list[str]) -> duckdb.DuckDBPyConnection:
     return connection
 
 
+# Records the fold could not apply, set aside so the rest keeps flowing (issue 17); `arledger redrive` retries
+# them. Not a read-model table (a fresh fold has none, so it is neither compared nor documented with them).
+DEAD_LETTERS = "dead_letters"
+DEAD_LETTER_COLUMNS = """
+    position BIGINT, topic VARCHAR, "partition" INTEGER, record_offset BIGINT, customer_id VARCHAR, kind VARCHAR,
+    error VARCHAR, record VARCHAR, failed_at TIMESTAMPTZ, attempts INTEGER, PRIMARY KEY (topic, "partition",
+    record_offset)"""
+
+
 def create_schema(connection: duckdb.DuckDBPyConnection) -> None:
     """Create every table and view if missing (idempotent)."""
     for name, (_, columns) in TABLES.items():
         connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    connection.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} ({DEAD_LETTER_COLUMNS})")
     for name, (_, query) in VIEWS.items():
         connection.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
     connection.execute(
