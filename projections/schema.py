@@ -14,9 +14,13 @@ from projections.reports import BALANCES_SQL
 
 SCHEMA_VERSION = 1
 
+# Tables keyed by `position` (one row per event) have no PRIMARY KEY: the fold never inserts a position twice
+# (it drops the positions `ledger_events` holds, and duplicates within a batch), and an index per table cost the
+# fold its maintenance and every checkpoint (hence every publication) its rewrite (issue 14). Files created
+# before keep theirs; both work.
 TABLES: dict[str, tuple[str, str]] = {
     "ledger_events": ("Every ledger event, flat, in position order (ar.ledger as a table).", """
-        position BIGINT PRIMARY KEY, notification_id BIGINT, customer_id VARCHAR NOT NULL, version BIGINT,
+        position BIGINT, notification_id BIGINT, customer_id VARCHAR NOT NULL, version BIGINT,
         kind VARCHAR NOT NULL, envelope_id VARCHAR, recorded_at TIMESTAMPTZ NOT NULL, schema_version INTEGER,
         data JSON, prev_hash_customer VARCHAR, hash_customer VARCHAR, prev_hash_global VARCHAR,
         hash_global VARCHAR"""),
@@ -35,45 +39,45 @@ TABLES: dict[str, tuple[str, str]] = {
         issued_on DATE, due_on DATE, open_amount BIGINT, written_off BOOLEAN, recorded_at TIMESTAMPTZ,
         position BIGINT, PRIMARY KEY (customer_id, invoice_id, installment)"""),
     "item_movements": ("Every change of an item's open amount, signed, with its effective business date.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, installment INTEGER, kind VARCHAR,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, installment INTEGER, kind VARCHAR,
         amount BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ, source_kind VARCHAR, source_id VARCHAR"""),
     "unapplied_movements": ("Every change of unapplied cash (credit on account), signed.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR, kind VARCHAR,
+        position BIGINT, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR, kind VARCHAR,
         amount BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "payments": ("One row per payment received; reversal columns filled when it bounced.", """
         customer_id VARCHAR, payment_id VARCHAR, amount BIGINT, currency VARCHAR, received_on DATE,
         method VARCHAR, reference VARCHAR, recorded_at TIMESTAMPTZ, position BIGINT, reversed_on DATE,
         reversal_reason VARCHAR, reversed_recorded_at TIMESTAMPTZ, PRIMARY KEY (customer_id, payment_id)"""),
     "allocations": ("Every application of cash or credit to an item.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR,
+        position BIGINT, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR,
         invoice_id VARCHAR, installment INTEGER, amount BIGINT, explicit BOOLEAN, effective_on DATE,
         recorded_at TIMESTAMPTZ"""),
     "credit_notes": ("One row per credit note.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, credit_note_id VARCHAR, invoice_id VARCHAR,
+        position BIGINT, customer_id VARCHAR, credit_note_id VARCHAR, invoice_id VARCHAR,
         amount BIGINT, reason VARCHAR, issued_on DATE, recorded_at TIMESTAMPTZ"""),
     "write_offs": ("One row per invoice write-off (bad debt).", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, amount BIGINT, reason VARCHAR,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, amount BIGINT, reason VARCHAR,
         written_off_on DATE, recorded_at TIMESTAMPTZ"""),
     "order_events": ("Orders: placed, approved, blocked, released, invoiced, cancelled; exposure_delta moves open orders.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, order_id VARCHAR, kind VARCHAR, amount BIGINT,
+        position BIGINT, customer_id VARCHAR, order_id VARCHAR, kind VARCHAR, amount BIGINT,
         currency VARCHAR, reason VARCHAR, credit_limit BIGINT, exposure BIGINT, available BIGINT,
         invoice_id VARCHAR, decided_by VARCHAR, exposure_delta BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "dispute_events": ("Disputes opened and resolved per invoice.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, kind VARCHAR, amount BIGINT,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, kind VARCHAR, amount BIGINT,
         note VARCHAR, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "collection_actions": ("Collection actions taken (reminders, calls, letters ...).", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, action VARCHAR, invoice_id VARCHAR, outcome VARCHAR,
+        position BIGINT, customer_id VARCHAR, action VARCHAR, invoice_id VARCHAR, outcome VARCHAR,
         note VARCHAR, taken_by VARCHAR, action_on DATE, recorded_at TIMESTAMPTZ"""),
     "promises": ("Promises to pay.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, promise_id VARCHAR, amount BIGINT, promised_on DATE,
+        position BIGINT, customer_id VARCHAR, promise_id VARCHAR, amount BIGINT, promised_on DATE,
         invoice_id VARCHAR, made_on DATE, recorded_at TIMESTAMPTZ"""),
     "breaches": ("Sales that left exposure over the credit limit; crossing = first breach since within limit.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, exposure BIGINT,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, exposure BIGINT,
         credit_limit BIGINT, crossing BOOLEAN, breached_on DATE, recorded_at TIMESTAMPTZ"""),
     "computed_grades": ("Behaviour grades the ledger computed (credit_grade.computed): on a relevant fact when the "
                         "grade changed (trigger 'event') and at each month end (trigger 'month_end'), with the "
                         "inputs over the window ending on computed_on.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, grade VARCHAR, score INTEGER, previous_grade VARCHAR,
+        position BIGINT, customer_id VARCHAR, grade VARCHAR, score INTEGER, previous_grade VARCHAR,
         trigger VARCHAR, window_days INTEGER, average_days_delinquent INTEGER, utilisation_pct INTEGER,
         broken_promises INTEGER, disputes INTEGER, write_off_bp INTEGER, computed_on DATE,
         recorded_at TIMESTAMPTZ"""),
