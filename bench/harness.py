@@ -51,7 +51,7 @@ class Sizes:
     aging_items: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     naive_events: int = 5_000
     publish_events: tuple[int, ...] = (1_000_000, 5_000_000)
-    publish_seconds: float = 30.0
+    publish_seconds: float = 60.0
     worker_counts: tuple[int, ...] = (1, 2, 4)  # issue 9: `run --workers N` on 12 partitions
     decision_orders_per_s: float = 200.0  # issue 6: orders/s while ...
     decision_background_per_s: float = 2_000.0  # ... other events/s flow through the same ingest

@@ -83,8 +83,8 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(figures, dict) and "staleness_s_p99" in figures:
             rows.append((f"publication, {int(size):,}-event read model: staleness p99", figures["staleness_s_p99"],
                          "s", None, None))
-            rows.append((f"publication, {int(size):,}-event read model: share of projector time",
-                         figures["publish_share"], "fraction", None, None))
+            rows.append((f"publication, {int(size):,}-event read model: % of projector time",
+                         round(figures["publish_share"] * 100, 1), "%", None, None))
     rows += _workers_rows(_get(stages, "workers") or {})
     sqlite_rate = _get(stages, "store", "sqlite", "records_per_s")
     if sqlite_rate is not None:
