@@ -78,6 +78,10 @@ def _generations(snapshot_path: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _writing_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.writing")
+
+
 def current_generation(snapshot_path: Path) -> Path | None:
     """The generation file `snapshot_path` points to (None if it is not a link)."""
     if not snapshot_path.is_symlink():
@@ -154,6 +158,8 @@ class Publication:
         connection.execute("CHECKPOINT")
         checkpointed = time.perf_counter()
         generations_dir(self.snapshot_path).mkdir(parents=True, exist_ok=True)
+        for stale in generations_dir(self.snapshot_path).glob(f".{self.snapshot_path.name}.*.writing"):
+            stale.unlink(missing_ok=True)  # a publication that did not finish (one publisher per file)
         generations = _generations(self.snapshot_path)
         current = current_generation(self.snapshot_path)
         target = _generation_path(self.snapshot_path, (generations[-1][0] if generations else 0) + 1)
@@ -180,13 +186,17 @@ class Publication:
             try:
                 if os.fstat(fd).st_nlink != 1 or not _lock_for_writing(fd):
                     continue  # a reader has it open, or `verify` holds a second name: leave it to them
-                os.replace(path, target)
+                # Under a name no one trusts while it is written: a crash mid-block could leave a block whose
+                # checksum is new but whose bytes are not, which the next comparison would not see.
+                writing = _writing_path(target)
+                os.replace(path, writing)
                 written, total = copy_changed_blocks(source_fd, fd)
                 os.fsync(fd)
+                os.replace(writing, target)
                 return "blocks", written, total
             finally:
                 os.close(fd)  # also releases our lock
-        partial = target.with_name(f".{target.name}.partial")
+        partial = _writing_path(target)
         with open(partial, "wb") as out:
             offset = 0
             while chunk := os.pread(source_fd, 8 * BLOCK_BYTES, offset):
