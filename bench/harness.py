@@ -325,8 +325,9 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
     if run.wanted("publish"):
         from bench import publish
 
-        run.stage("stages", "publish", lambda: publish.measure(home / "publish", run.sizes.publish_events,
-                                                               run.sizes.publish_seconds, say), say)
+        run.stage("stages", "publish", lambda: publish.measure(
+            home / "publish", run.sizes.publish_events, run.sizes.publish_seconds, say,
+            customers=min(run.sizes.customers, 300), months=run.sizes.months), say)
     if profile:
         measure_profiles(run, home, records, ledger_values, main, say)
     for section, keys in (("stages", STAGE_KEYS), ("baselines", BASELINE_KEYS)):
