@@ -46,7 +46,6 @@ def redrive_path(projection_path: Path) -> Path:
     return projection_path.with_name(projection_path.name + ".redrive")
 
 
-CHECKPOINT_THRESHOLD = "1GB"
 PUBLICATIONS_KEPT = 1000  # (mode, seconds) of the latest publications, for the bench and metrics
 READ_AHEAD_BATCHES_MAX = 2  # batches fetched ahead while DuckDB folds: bounded memory
 
@@ -140,7 +139,6 @@ class Projector:
             self.connection = schema.connect(str(self.path))
             self._source_fd = os.open(self.path, os.O_RDONLY)  # for snapshots; closed after the connection
         schema.create_schema(self.connection)
-        self._tune()
         if adopted:
             log.info("rebuilt_adopted", worker="project", offsets=stored_offsets(self.connection, self.topic),
                      snapshot_held_until=self._snapshot_floor)
@@ -154,11 +152,6 @@ class Projector:
         self._last_snapshot = 0.0
         self.publications: list[tuple[str, float]] = []  # (mode, seconds) of the latest publications
         self.staging_dir = self.path.parent
-
-    def _tune(self) -> None:
-        # Every publication (≤ SNAPSHOT_INTERVAL_S apart while data changes) CHECKPOINTs: no extra checkpoint
-        # in between on every 16 MB of WAL (DuckDB's default), which cost a third of the fold's time.
-        self.connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
 
     def _seek_to_stored_offsets(self) -> None:
         offsets = stored_offsets(self.connection, self.topic)
@@ -191,7 +184,6 @@ class Projector:
             self.connection = schema.connect(str(self.path))
             self._source_fd = os.open(self.path, os.O_RDONLY)
         schema.create_schema(self.connection)
-        self._tune()
         self._seek_to_stored_offsets()
         self.reader = ReadAhead(self.consumer)
         self._snapshot_floor = floor
