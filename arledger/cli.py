@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "arledger.commands.audit",
     "arledger.commands.rebuild",
     "arledger.commands.sql",
+    "arledger.commands.sqlserver",
+    "arledger.commands.redrive",
     "arledger.commands.demo",
     "arledger.commands.bench",
     "arledger.commands.soak",

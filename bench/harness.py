@@ -31,10 +31,10 @@ from bench import machine, report, stages
 
 SCHEMA_VERSION = 1
 STAGE_GROUPS = ("ingest", "relay", "project", "rebuild", "latency", "workers", "store", "decisions", "aging",
-                "sustained", "web")
+                "sustained", "web", "publish")
 STAGE_KEYS = ("ingest_ledger", "ingest_kafka", "relay", "fold", "projector", "rebuild_ledger", "rebuild_store",
-              "e2e_latency", "workers", "store", "decision_latency", "aging", "sustained", "web")
-NO_BROKER_GROUPS = {"store", "aging"}  # these work on files (and a local PostgreSQL) alone
+              "e2e_latency", "workers", "store", "decision_latency", "aging", "sustained", "web", "publish")
+NO_BROKER_GROUPS = {"store", "aging", "publish"}  # these work on files (and a local PostgreSQL) alone
 BASELINE_KEYS = ("store_append", "produce_inbound", "raw_consume_inbound", "raw_consume_ledger",
                  "consumer_performance_inbound", "consumer_performance_ledger", "naive_projector", "produce_ledger")
 PROFILE_RECORDS_MAX = 10_000  # a profile of the ingest runs over this many records: enough to rank the costs
@@ -50,6 +50,8 @@ class Sizes:
     latency_seconds: float = 20.0
     aging_items: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     naive_events: int = 5_000
+    publish_events: tuple[int, ...] = (1_000_000, 5_000_000)
+    publish_seconds: float = 60.0
     worker_counts: tuple[int, ...] = (1, 2, 4)  # issue 9: `run --workers N` on 12 partitions
     decision_orders_per_s: float = 200.0  # issue 6: orders/s while ...
     decision_background_per_s: float = 2_000.0  # ... other events/s flow through the same ingest
@@ -62,7 +64,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(customers=30, months=2, rebuild_events=0, latency_rate=100, latency_seconds=3.0,
-                   aging_items=(1_000, 10_000), naive_events=300,
+                   aging_items=(1_000, 10_000), naive_events=300, publish_events=(50_000,), publish_seconds=6.0,
                    decision_orders_per_s=20.0, decision_background_per_s=100.0, decision_seconds=3.0,
                    decision_warmup_s=1.0, decision_customers=20, sustained_rates=(100, 200), sustained_seconds=3.0)
 
@@ -341,6 +343,12 @@ def measure(run: Run, settings: Settings, home: Path, prefix: str, say: Callable
 
         run.stage("stages", "web", lambda: measure_web(main, ledger_values, main.topic(TOPIC_LEDGER), home,
                                                         bool(run.results["quick"]), say), say)
+    if run.wanted("publish"):
+        from bench import publish
+
+        run.stage("stages", "publish", lambda: publish.measure(
+            home / "publish", run.sizes.publish_events, run.sizes.publish_seconds, say,
+            customers=min(run.sizes.customers, 300), months=run.sizes.months), say)
     if profile:
         measure_profiles(run, home, records, ledger_values, main, say)
     for section, keys in (("stages", STAGE_KEYS), ("baselines", BASELINE_KEYS)):

@@ -88,6 +88,13 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for size, figures in sorted(sizes.items(), key=lambda item: int(item[0])):  # not {"skipped": ...}
         if isinstance(figures, dict) and "ms_median" in figures:
             rows.append((f"aging report, {int(size):,} open items (median)", figures["ms_median"], "ms", None, None))
+    publish = _get(stages, "publish") or {}
+    for size, figures in sorted(((k, v) for k, v in publish.items() if k.isdigit()), key=lambda item: int(item[0])):
+        if isinstance(figures, dict) and "staleness_s_p99" in figures:
+            rows.append((f"publication, {int(size):,}-event read model: staleness p99", figures["staleness_s_p99"],
+                         "s", None, None))
+            rows.append((f"publication, {int(size):,}-event read model: % of projector time",
+                         round(figures["publish_share"] * 100, 1), "%", None, None))
     rows += _workers_rows(_get(stages, "workers") or {})
     sqlite_rate = _get(stages, "store", "sqlite", "records_per_s")
     if sqlite_rate is not None:

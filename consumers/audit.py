@@ -50,6 +50,7 @@ from ledger.hashing import GENESIS_HASH, chain_hash, customer_hash_body, receipt
 from ledger.records import LedgerRecord, global_hash_body, record_decoder, record_encoder
 from ledger.upcasting import upcast
 from projections import audit as projection_audit
+from projections import publication
 
 # A trusted head every 10,000 positions: a verification from the latest one
 # re-hashes at most that many old events more than needed, and the file grows
@@ -499,7 +500,7 @@ class Verifier:
             return None
         # The projector replaces the snapshot by rename: a copy is one consistent image for the whole run.
         copy = scratch / "snapshot.duckdb"
-        shutil.copyfile(self.snapshot_path, copy)
+        publication.copy_published(self.snapshot_path, copy)
         self.report.checked.append("projection")
         return copy
 

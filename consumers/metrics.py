@@ -33,6 +33,8 @@ class Metrics:
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.consumer_lag = Gauge("arledger_consumer_lag", "Records behind the end of the topic, by partition",
                                   ["worker", "topic", "partition"], registry=self.registry)
+        self.dead_letters = Gauge("arledger_dead_letters", "ar.ledger records the projector set aside "
+                                  "(fold failed); `arledger redrive` retries them", registry=self.registry)
         self.projector_offset = Gauge("arledger_projector_offset", "Next ar.ledger offset the projection applies",
                                       ["partition"], registry=self.registry)
         self.relay_position = Gauge("arledger_relay_position", "Last ledger position the relay published",
@@ -61,6 +63,10 @@ class Metrics:
         for (_, partition), offset in offsets.items():
             self.projector_offset.labels(str(partition)).set(offset)
         self.batch_seconds.labels("project").observe(seconds)
+
+    def observe_dead_letters(self, count: int) -> None:
+        """Records the projector set aside (dead_letters): alert when > 0."""
+        self.dead_letters.set(count)
 
     def observe_lag(self, worker: str, lags: dict) -> None:
         """Consumer lag by partition ({TopicPartition: records behind}, from the last fetches)."""

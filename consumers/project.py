@@ -3,15 +3,17 @@
 It assigns every partition of ar.ledger itself (no consumer group, no
 rebalance pauses) and seeks to the offsets stored in the DuckDB file, never to
 Kafka's committed ones. Every few seconds it publishes a consistent read-only
-snapshot of the file (CHECKPOINT, copy, atomic rename) for `report`, `sql` and
-analysts' own tools: DuckDB lets no other process open a file while it writes.
+snapshot for `report`, `sql` and analysts' own tools (DuckDB lets no other
+process open a file while it writes): `projections/publication.py` copies only
+what changed since into a generation file and atomically re-points the
+`snapshot.duckdb` link to it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,36 +24,29 @@ from kafka import KafkaConsumer, TopicPartition
 from arledger.settings import PROJECT_BATCH_EVENTS_MAX, SNAPSHOT_INTERVAL_S, TOPIC_LEDGER, Settings
 from consumers import clients
 from consumers.faults import crash_point
-from consumers.rebuild import adopt_rebuilt, announce_projector, rebuilt_path, swap_lock
-from projections import schema
-from projections.fold import apply_batch, stored_offsets
+from projections import publication, schema
+from projections.projection_file import adopt_rebuilt, announce_projector, rebuilt_path, swap_lock
+from projections.fold import dead_letters, fold_or_set_aside, redrive, stored_offsets
 
 log = structlog.get_logger("arledger.project")
 
 
-SNAPSHOT_COPY_CHUNK_BYTES = 8 * 1024 * 1024
-
-
-def publish_snapshot(connection, source: Path, target: Path, source_fd: int | None = None) -> None:
-    """Copy a consistent image of `source` to `target` atomically (readers see old or new, never half).
+def publish_snapshot(connection, source: Path, target: Path, source_fd: int | None = None) -> publication.Published:
+    """Publish the live file `source` (open in `connection`) at `target`: readers see the old or the new
+    state, never half (projections/publication.py: changed blocks into a generation file, then a link).
 
     A writer passes `source_fd`, a descriptor it keeps open for as long as its connection: closing any
-    descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included, so the
-    copy must not open and close the live file (shutil.copyfile would).
+    descriptor of a file drops the process's POSIX locks on it, DuckDB's own lock included.
     """
-    connection.execute("CHECKPOINT")
-    partial = target.with_name(target.name + ".partial")
-    if source_fd is None:
-        shutil.copyfile(source, partial)
-    else:
-        with open(partial, "wb") as out:
-            offset = 0
-            while chunk := os.pread(source_fd, SNAPSHOT_COPY_CHUNK_BYTES, offset):
-                out.write(chunk)
-                offset += len(chunk)
-    os.replace(partial, target)
+    return publication.publish(connection, source, target, source_fd)
 
 
+def redrive_path(projection_path: Path) -> Path:
+    """`arledger redrive` writes this marker (JSON: positions, or null for all); the projector acts on it."""
+    return projection_path.with_name(projection_path.name + ".redrive")
+
+
+PUBLICATIONS_KEPT = 1000  # (mode, seconds) of the latest publications, for the bench and metrics
 READ_AHEAD_BATCHES_MAX = 2  # batches fetched ahead while DuckDB folds: bounded memory
 
 
@@ -73,8 +68,9 @@ class ReadAhead:
     def __init__(self, consumer: KafkaConsumer, poll_timeout_ms: int = 200) -> None:
         self.consumer = consumer
         self.poll_timeout_ms = poll_timeout_ms
-        self.batches: queue.Queue[tuple[list[bytes], dict[tuple[str, int], int]]] = queue.Queue(
-            maxsize=READ_AHEAD_BATCHES_MAX)
+        # (values, next offsets per partition, (topic, partition, offset) of each value)
+        self.batches: queue.Queue[tuple[list[bytes], dict[tuple[str, int], int], list[tuple[str, int, int]]]] = \
+            queue.Queue(maxsize=READ_AHEAD_BATCHES_MAX)
         self.lags: dict[TopicPartition, int] = {}
         self.error: BaseException | None = None
         self._stopping = threading.Event()
@@ -90,19 +86,22 @@ class ReadAhead:
                     continue
                 values: list[bytes] = []
                 offsets: dict[tuple[str, int], int] = {}
+                origins: list[tuple[str, int, int]] = []
                 for partition, records in polled.items():
                     values.extend(record.value for record in records)
+                    origins.extend((partition.topic, partition.partition, record.offset) for record in records)
                     offsets[(partition.topic, partition.partition)] = records[-1].offset + 1
                 while not self._stopping.is_set():
                     try:
-                        self.batches.put((values, offsets), timeout=0.1)
+                        self.batches.put((values, offsets, origins), timeout=0.1)
                         break
                     except queue.Full:
                         continue
         except BaseException as error:  # surfaced to the projector's thread by next()
             self.error = error
 
-    def next(self, timeout_ms: int) -> tuple[list[bytes], dict[tuple[str, int], int]] | None:
+    def next(self, timeout_ms: int) -> tuple[list[bytes], dict[tuple[str, int], int],
+                                             list[tuple[str, int, int]]] | None:
         """The next fetched batch, waiting at most `timeout_ms`; None when there is none yet."""
         if self.error is not None:
             raise self.error
@@ -151,6 +150,7 @@ class Projector:
         self.reader = ReadAhead(self.consumer)
         self._dirty = True
         self._last_snapshot = 0.0
+        self.publications: list[tuple[str, float]] = []  # (mode, seconds) of the latest publications
         self.staging_dir = self.path.parent
 
     def _seek_to_stored_offsets(self) -> None:
@@ -192,14 +192,38 @@ class Projector:
                  snapshot_held_until=floor)
         return True
 
+    def redrive(self) -> tuple[int, int]:
+        """`arledger redrive` asked (a marker file): fold the dead letters again, between two batches."""
+        marker = redrive_path(self.path)
+        try:
+            wanted = json.loads(marker.read_text() or "null")
+        except (OSError, ValueError):
+            wanted = None
+        folded, failing = redrive(self.connection, wanted, staging_dir=self.staging_dir)
+        marker.unlink(missing_ok=True)
+        self._dirty = True
+        log.info("dead_letters_redriven", worker="project", folded=folded, still_failing=failing)
+        if self.metrics:
+            self.metrics.observe_dead_letters(len(dead_letters(self.connection)))
+        return folded, failing
+
     def run_once(self, timeout_ms: int) -> int:
         if self.rebuilt_path.exists():
             self.adopt_rebuilt()
+        if redrive_path(self.path).exists():
+            self.redrive()
         batch = self.reader.next(timeout_ms)
-        values, offsets = batch if batch is not None else ([], {})
+        values, offsets, origins = batch if batch is not None else ([], {}, [])
         if values:
-            result = apply_batch(self.connection, values, offsets, staging_dir=self.staging_dir,
-                                 before_commit=lambda: crash_point("project.mid_transaction"))
+            result, dead = fold_or_set_aside(self.connection, values, offsets, origins, staging_dir=self.staging_dir,
+                                             before_commit=lambda: crash_point("project.mid_transaction"))
+            for letter in dead:  # the alert: an error line per record set aside, and the metric
+                topic, partition, offset = origins[letter.index]
+                log.error("projector_dead_letter", worker="project", topic=topic, partition=partition, offset=offset,
+                          error=f"{type(letter.error).__name__}: {letter.error}"[:500],
+                          hint="set aside in dead_letters; fix, then `arledger redrive`")
+            if dead and self.metrics:
+                self.metrics.observe_dead_letters(len(dead_letters(self.connection)))
             self._dirty = True
             if self.metrics:
                 self.metrics.observe_project(self.topic, result.applied, offsets, result.duration_s)
@@ -218,9 +242,13 @@ class Projector:
             if any(applied.get(partition, 0) < offset for partition, offset in self._snapshot_floor.items()):
                 return False  # readers never see the read model go back in time
             self._snapshot_floor = None
-        publish_snapshot(self.connection, self.path, self.snapshot_path, self._source_fd)
+        published = publish_snapshot(self.connection, self.path, self.snapshot_path, self._source_fd)
         self._dirty = False
         self._last_snapshot = now
+        self.publications.append((published.mode, published.seconds))
+        del self.publications[:-PUBLICATIONS_KEPT]
+        log.debug("snapshot_published", worker="project", mode=published.mode, blocks=published.blocks_copied,
+                  of_blocks=published.blocks_total, duration_ms=round(published.seconds * 1000, 1))
         return True
 
     def close(self) -> None:

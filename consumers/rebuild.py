@@ -27,7 +27,6 @@ No Kafka client option here differs from the projector's (clients.assigned_consu
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import shutil
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import duckdb
 import msgspec
@@ -50,7 +49,10 @@ from ledger.aggregate import CHAIN_ID, LedgerChain
 from ledger.application import Ledger
 from ledger.hashing import GENESIS_HASH
 from ledger.records import record_encoder
-from projections import schema
+from projections import publication, schema
+from projections.projection_file import (  # noqa: F401 (announce_projector, projector_running: re-exported)
+    ProjectionFileError, adopt_rebuilt, announce_projector, building_path, file_in_use, projector_running,
+    rebuild_lock, rebuilt_path, swap_lock, wal_path)
 from projections.fold import apply_batch, stored_offsets
 
 log = structlog.get_logger("arledger.rebuild")
@@ -84,129 +86,9 @@ class _Position(msgspec.Struct):
 _position_decoder = msgspec.json.Decoder(_Position)
 
 
-# -- Paths and locks -------------------------------------------------------------------------------
+# -- Paths and locks: projections/projection_file.py (shared with the projector, no import cycle) ---------
 
-
-def building_path(projection_path: Path) -> Path:
-    return projection_path.with_name(f"{projection_path.stem}.rebuilding{projection_path.suffix}")
-
-
-def rebuilt_path(projection_path: Path) -> Path:
-    return projection_path.with_name(f"{projection_path.stem}.rebuilt{projection_path.suffix}")
-
-
-def wal_path(path: Path) -> Path:
-    return path.with_name(path.name + ".wal")
-
-
-@contextlib.contextmanager
-def swap_lock(projection_path: Path) -> Iterator[None]:
-    """Exclusive while a rebuilt file is installed or the live file is opened by a projector."""
-    projection_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(projection_path.with_name(projection_path.name + ".swap.lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def rebuild_lock(projection_path: Path) -> Iterator[None]:
-    """One rebuild per projection file at a time; a second one fails at once."""
-    projection_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(projection_path.with_name(projection_path.name + ".rebuild.lock"), "a+b") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RebuildError(f"another rebuild of {projection_path} is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class RebuildError(Exception):
-    """An operating error of a rebuild (reported to the user, not a bug)."""
-
-
-def _presence_path(projection_path: Path) -> Path:
-    return projection_path.with_name(projection_path.name + ".projector.lock")
-
-
-def announce_projector(projection_path: Path) -> BinaryIO:
-    """An exclusive lock held by the projector while it has `projection_path` open; close the file to release it.
-
-    DuckDB's own fcntl lock cannot tell: POSIX drops a process's fcntl locks on a
-    file as soon as it closes *any* descriptor of it, which copying the file for
-    a snapshot does. flock locks belong to their own open file and stay. So this
-    lock also stops a second projector (a second `arledger run` on the same home)
-    from writing the same file.
-    """
-    projection_path.parent.mkdir(parents=True, exist_ok=True)
-    presence = open(_presence_path(projection_path), "a+b")  # noqa: SIM115 (held for the projector's life)
-    try:
-        fcntl.flock(presence, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        presence.close()
-        raise RebuildError(f"another projector is writing {projection_path} "
-                           f"(it holds {_presence_path(projection_path).name})") from None
-    return presence
-
-
-def projector_running(projection_path: Path) -> bool:
-    """True while some process holds announce_projector's lock on `projection_path`."""
-    presence_path = _presence_path(projection_path)
-    if not presence_path.exists():
-        return False
-    with open(presence_path, "a+b") as presence:
-        try:
-            fcntl.flock(presence, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(presence, fcntl.LOCK_UN)
-        return False
-
-
-def file_in_use(path: Path) -> bool:
-    """True when a projector runs on `path` or a process holds DuckDB's lock on it (e.g. a reader)."""
-    if projector_running(path):
-        return True
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        # DuckDB takes a whole-file fcntl lock (write for a writer, read for read-only).
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def adopt_rebuilt(projection_path: Path) -> bool:
-    """Rename a complete rebuilt file over the live one; caller holds swap_lock and has the live file closed."""
-    rebuilt = rebuilt_path(projection_path)
-    if not rebuilt.exists():
-        return False
-    # A stale write-ahead log of the old file would be replayed onto the new one.
-    wal_path(projection_path).unlink(missing_ok=True)
-    assert not wal_path(rebuilt).exists(), "a rebuilt file is closed after a checkpoint: it has no WAL"
-    os.replace(rebuilt, projection_path)
-    _fsync_dir(projection_path.parent)
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+RebuildError = ProjectionFileError  # an operating error of a rebuild (reported to the user, not a bug)
 
 
 # -- Folding from ar.ledger ------------------------------------------------------------------------
@@ -501,8 +383,6 @@ def build(settings: Settings, target: Path, *, from_store: bool, catch_up: bool 
 def hand_over(settings: Settings, built: Path, *, timeout_s: float = HAND_OVER_TIMEOUT_S,
               projection_path: Path | None = None, snapshot_path: Path | None = None) -> str:
     """Make `built` the live file: "installed" (no projector ran), "adopted" (by the projector) or "pending"."""
-    from consumers.project import publish_snapshot
-
     live = projection_path or settings.projection_path
     snapshot = snapshot_path or settings.snapshot_path
     rebuilt = rebuilt_path(live)
@@ -516,7 +396,7 @@ def hand_over(settings: Settings, built: Path, *, timeout_s: float = HAND_OVER_T
                 adopt_rebuilt(live)
                 connection = schema.connect(str(live))
                 try:
-                    publish_snapshot(connection, live, snapshot)
+                    publication.publish(connection, live, snapshot)
                 finally:
                     connection.close()
                 return "installed"
@@ -589,9 +469,9 @@ def live_copy(settings: Settings, scratch: Path) -> Iterator[tuple[Path, str]]:
     if not kind and settings.snapshot_path.exists():
         # A second name for this very snapshot: the projector may rename a newer one over it meanwhile.
         try:
-            os.link(settings.snapshot_path, scratch)
+            publication.stable_link(settings.snapshot_path, scratch)  # never rewritten while linked
         except OSError:
-            shutil.copyfile(settings.snapshot_path, scratch)
+            publication.copy_published(settings.snapshot_path, scratch)
         kind = "snapshot"
     if not kind:
         raise RebuildError(f"no projection under {settings.home}: nothing to check")

@@ -13,6 +13,7 @@ from consumers.ingest import INGEST_GROUP_ID
 from consumers.publisher import end_offsets, snapshot_offsets
 from consumers.topics import admin_client
 from ledger.application import Ledger
+from projections import schema
 
 RELAY_BACKLOG_COUNT_MAX = 100_000  # counting further would take long; "at least" is enough to alarm
 
@@ -45,9 +46,27 @@ def status(settings: Settings) -> dict[str, Any]:
     project_lag = {p: end - applied.get(p, 0) for p, end in ledger_end.items()}
     snapshot = settings.snapshot_path
     report["project"] = {"lag": sum(project_lag.values()), "lag_by_partition": project_lag,
+                         "dead_letters": _dead_letters(settings),
                          "snapshot_age_s": round(time.time() - snapshot.stat().st_mtime, 1)
                          if snapshot.exists() else None}
     return report
+
+
+def _dead_letters(settings: Settings) -> int | None:
+    """Records the projector set aside (published snapshot); None without a snapshot."""
+    paths = settings.snapshot_paths()
+    if not paths:
+        return None
+    total = 0
+    for path in paths:
+        connection = schema.connect(str(path), read_only=True)
+        try:
+            found = connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'dead_letters' "
+                                       "AND database_name = current_database()").fetchone()[0]
+            total += connection.execute("SELECT count(*) FROM dead_letters").fetchone()[0] if found else 0
+        finally:
+            connection.close()
+    return total
 
 
 def _redact(url: str) -> str:

@@ -225,11 +225,7 @@ def apply_batch(connection: duckdb.DuckDBPyConnection, records: Sequence[bytes],
     lines = (upcast_record(record) for record in records)
     with staged_transaction(connection, lines, prefix="arledger-batch-", staging_dir=staging_dir) as stage_path:
         applied = _fold(connection, stage_path, bool(records))
-        for (topic, partition), next_offset in offsets.items():
-            connection.execute(
-                "INSERT INTO projection_offsets VALUES (?, ?, ?) "
-                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                [topic, partition, next_offset])
+        _store_offsets(connection, offsets)
         if callable(before_commit):
             before_commit()  # fault-injection point for crash tests
     return BatchResult(len(records), applied, time.perf_counter() - started)
@@ -240,9 +236,13 @@ def _fold(connection: duckdb.DuckDBPyConnection, stage_path: str, has_records: b
         return 0
     connection.execute(
         f"CREATE OR REPLACE TEMP TABLE fresh AS "
-        f"SELECT * FROM read_json(?, format = 'newline_delimited', columns = {STAGE_COLUMNS}) "
-        f"QUALIFY row_number() OVER (PARTITION BY position) = 1",
+        f"SELECT * FROM read_json(?, format = 'newline_delimited', columns = {STAGE_COLUMNS})",
         [stage_path])
+    # A position twice in one batch (a relay re-publish caught in the same poll) is rare: a cheap check, and
+    # the window that keeps the first copy only when needed (it cost ~35 % of the staging otherwise).
+    if connection.execute("SELECT count(*) <> count(DISTINCT position) FROM fresh").fetchone()[0]:
+        connection.execute("CREATE OR REPLACE TEMP TABLE fresh AS SELECT * FROM fresh "
+                           "QUALIFY row_number() OVER (PARTITION BY position) = 1")
     # Drop what an earlier batch already applied (a relay re-publish after a crash).
     connection.execute("DELETE FROM fresh WHERE position IN (SELECT position FROM ledger_events "
                        "WHERE position BETWEEN (SELECT min(position) FROM fresh) AND (SELECT max(position) FROM fresh))")
@@ -259,3 +259,142 @@ def stored_offsets(connection: duckdb.DuckDBPyConnection, topic: str) -> dict[in
     """{partition: next_offset} applied so far for `topic`."""
     rows = connection.execute("SELECT partition, next_offset FROM projection_offsets WHERE topic = ?", [topic])
     return dict(rows.fetchall())
+
+
+# -- Poison records (issue 17) -----------------------------------------------------------------------
+
+# Errors of the machine, not of a record: never a reason to set a record aside.
+INFRASTRUCTURE_ERRORS = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.FatalException,
+                         duckdb.InterruptException, duckdb.TransactionException)
+
+
+class DeadLetter:
+    __slots__ = ("index", "error")
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        self.index, self.error = index, error
+
+
+def fold_or_set_aside(connection: duckdb.DuckDBPyConnection, records: Sequence[bytes],
+                      offsets: Mapping[tuple[str, int], int], origins: Sequence[tuple[str, int, int]], *,
+                      staging_dir: str | Path | None = None,
+                      before_commit: object = None) -> tuple[BatchResult, list[DeadLetter]]:
+    """`apply_batch`, except that records the fold cannot apply are set aside in `dead_letters`.
+
+    When the batch fails, it is bisected: each half is folded in its own transaction (without offsets;
+    replaying an applied record is a no-op, the fold drops positions it holds), down to the single records
+    that fail. Those go to `dead_letters` with the error, and the batch's offsets are stored, in one last
+    transaction. `origins[i]` = (topic, partition, offset) of `records[i]`. Errors of the machine (I/O,
+    memory) are raised, never blamed on a record.
+    """
+    try:
+        return apply_batch(connection, records, offsets, staging_dir=staging_dir, before_commit=before_commit), []
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - a record the fold cannot apply, or several: find them
+        pass
+    started = time.perf_counter()
+    dead: list[DeadLetter] = []
+    applied = 0
+
+    def attempt(low: int, high: int) -> None:
+        nonlocal applied
+        try:
+            applied += apply_batch(connection, records[low:high], {}, staging_dir=staging_dir).applied
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as error:  # noqa: BLE001
+            if high - low == 1:
+                dead.append(DeadLetter(low, error))
+                return
+            middle = (low + high) // 2
+            attempt(low, middle)
+            attempt(middle, high)
+
+    attempt(0, len(records))
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        for letter in dead:
+            _store_dead_letter(connection, records[letter.index], origins[letter.index], letter.error)
+        _store_offsets(connection, offsets)
+        if callable(before_commit):
+            before_commit()
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return BatchResult(len(records), applied, time.perf_counter() - started), dead
+
+
+def _record_facts(record: bytes) -> tuple[int | None, str | None, str | None]:
+    import msgspec
+
+    try:
+        decoded = msgspec.json.decode(record)
+        return decoded.get("position"), decoded.get("customer_id"), decoded.get("kind")
+    except (msgspec.DecodeError, AttributeError):
+        return None, None, None
+
+
+def _store_dead_letter(connection: duckdb.DuckDBPyConnection, record: bytes, origin: tuple[str, int, int],
+                       error: BaseException) -> None:
+    position, customer_id, kind = _record_facts(record)
+    topic, partition, offset = origin
+    connection.execute(
+        f"""INSERT INTO {DEAD_LETTERS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 1)
+            ON CONFLICT DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at,
+                                      attempts = {DEAD_LETTERS_TABLE}.attempts + 1""",
+        [position, topic, partition, offset, customer_id, kind, f"{type(error).__name__}: {error}"[:2000],
+         record.decode("utf-8", errors="replace")])
+
+
+def _store_offsets(connection: duckdb.DuckDBPyConnection, offsets: Mapping[tuple[str, int], int]) -> None:
+    for (topic, partition), next_offset in offsets.items():
+        connection.execute(
+            "INSERT INTO projection_offsets VALUES (?, ?, ?) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            [topic, partition, next_offset])
+
+
+DEAD_LETTERS_TABLE = "dead_letters"
+
+
+def dead_letters(connection: duckdb.DuckDBPyConnection) -> list[dict]:
+    """The records set aside, oldest first."""
+    cursor = connection.execute(f"SELECT * FROM {DEAD_LETTERS_TABLE} ORDER BY position NULLS FIRST, record_offset")
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def redrive(connection: duckdb.DuckDBPyConnection, positions: Sequence[int] | None = None, *,
+            staging_dir: str | Path | None = None) -> tuple[int, int]:
+    """Fold the dead letters again (all, or those at `positions`), oldest first, each in its own transaction
+    that also removes it from `dead_letters`. The items of its customer get their open amounts summed again
+    from their movements (a movement folded while the item it moves was set aside moved nothing).
+    Returns (folded, still failing)."""
+    folded = failing = 0
+    for letter in dead_letters(connection):
+        if positions is not None and letter["position"] not in positions:
+            continue
+        key = [letter["topic"], letter["partition"], letter["record_offset"]]
+
+        def settle(customer_id: str | None = letter["customer_id"], key: list = key) -> None:
+            connection.execute(f'DELETE FROM {DEAD_LETTERS_TABLE} WHERE topic = ? AND "partition" = ? '
+                               f"AND record_offset = ?", key)
+            connection.execute("""
+                UPDATE items SET open_amount = m.open_amount
+                FROM (SELECT customer_id, invoice_id, installment, sum(amount) AS open_amount FROM item_movements
+                      WHERE customer_id = ? GROUP BY ALL) m
+                WHERE items.customer_id = m.customer_id AND items.invoice_id = m.invoice_id
+                  AND items.installment = m.installment AND items.open_amount <> m.open_amount""", [customer_id])
+
+        try:
+            apply_batch(connection, [letter["record"].encode()], {}, staging_dir=staging_dir, before_commit=settle)
+            folded += 1
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as error:  # noqa: BLE001 - still poison: keep it, with the latest error
+            _store_dead_letter(connection, letter["record"].encode(),
+                               (letter["topic"], letter["partition"], letter["record_offset"]), error)
+            failing += 1
+    return folded, failing

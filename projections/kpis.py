@@ -50,7 +50,8 @@ def countback_dso(ar_end: int, monthly_sales: Mapping[dt.date, int], earliest_sa
 
     A step whose sales ≤ the remaining AR adds its days and subtracts its sales; otherwise it adds
     remaining ÷ sales × its days and stops; the walk stops as soon as the remaining AR is 0; a step
-    with sales ≤ 0 adds its full days. 0.0 when AR ≤ 0; None once the walk passes the group's
+    with sales ≤ 0 adds its full days (and, its sales being subtracted, a negative month raises the
+    remaining AR). 0.0 when AR ≤ 0; None once the walk passes the group's
     earliest sale month. `monthly_sales` maps each month's first day to its sales (the `to` month
     counting only sales up to `to`).
     """
@@ -64,13 +65,14 @@ def countback_dso(ar_end: int, monthly_sales: Mapping[dt.date, int], earliest_sa
         if earliest_sale_month is None or month < earliest_sale_month:
             return None
         sales = monthly_sales.get(month, 0)
-        if sales > 0 and sales > remaining:
+        if sales > remaining:
             return days + remaining / sales * step_days
+        # sales ≤ remaining: the full step, and its sales come off the remaining AR; a month whose net
+        # sales are negative (credit notes above sales) makes the remaining AR grow (§8).
         days += step_days
-        if sales > 0:
-            remaining -= sales
-            if remaining == 0:
-                return float(days)
+        remaining -= sales
+        if remaining == 0:
+            return float(days)
         month = _previous_month(month)
         step_days = calendar.monthrange(month.year, month.month)[1]
 

@@ -137,10 +137,8 @@ def latest_credit_value_sql(attribute: str, value_column: str) -> str:
                GROUP BY customer_id"""
 
 
-def balances(connection: duckdb.DuckDBPyConnection, as_of: dt.date,
-             known_at: dt.datetime | None = None) -> dict[str, Any]:
-    """`report balances` (§7, §8): one row per registered customer, zeros included."""
-    sql = f"""
+# `report balances` and the `customer_balances` view (as of today, known now): one row per registered customer.
+BALANCES_SQL = f"""
         WITH open_items AS ({OPEN_ITEMS_AS_OF}),
         open_by_customer AS (SELECT customer_id, sum(open_amount)::BIGINT AS open,
                                     (sum(open_amount) FILTER (WHERE $as_of - due_on >= 1))::BIGINT AS overdue
@@ -173,7 +171,12 @@ def balances(connection: duckdb.DuckDBPyConnection, as_of: dt.date,
         LEFT JOIN last_payment p USING (customer_id)
         WHERE c.recorded_at <= $known_at
         ORDER BY c.customer_id"""
-    rows = _rows(connection, sql, params(as_of, known_at))
+
+
+def balances(connection: duckdb.DuckDBPyConnection, as_of: dt.date,
+             known_at: dt.datetime | None = None) -> dict[str, Any]:
+    """`report balances` (§7, §8): one row per registered customer, zeros included."""
+    rows = _rows(connection, BALANCES_SQL, params(as_of, known_at))
     for row in rows:
         if row["last_payment_on"] is not None:
             row["last_payment_on"] = row["last_payment_on"].isoformat()

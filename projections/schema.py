@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import duckdb
 
+from projections.exposure import OPEN_ITEMS_SQL
+from projections.reports import BALANCES_SQL
+
 SCHEMA_VERSION = 1
 
+# Tables keyed by `position` (one row per event) have no PRIMARY KEY: the fold never inserts a position twice
+# (it drops the positions `ledger_events` holds, and duplicates within a batch), and an index per table cost the
+# fold its maintenance and every checkpoint (hence every publication) its rewrite (issue 14). Files created
+# before keep theirs; both work.
 TABLES: dict[str, tuple[str, str]] = {
     "ledger_events": ("Every ledger event, flat, in position order (ar.ledger as a table).", """
-        position BIGINT PRIMARY KEY, notification_id BIGINT, customer_id VARCHAR NOT NULL, version BIGINT,
+        position BIGINT, notification_id BIGINT, customer_id VARCHAR NOT NULL, version BIGINT,
         kind VARCHAR NOT NULL, envelope_id VARCHAR, recorded_at TIMESTAMPTZ NOT NULL, schema_version INTEGER,
         data JSON, prev_hash_customer VARCHAR, hash_customer VARCHAR, prev_hash_global VARCHAR,
         hash_global VARCHAR"""),
@@ -32,45 +39,45 @@ TABLES: dict[str, tuple[str, str]] = {
         issued_on DATE, due_on DATE, open_amount BIGINT, written_off BOOLEAN, recorded_at TIMESTAMPTZ,
         position BIGINT, PRIMARY KEY (customer_id, invoice_id, installment)"""),
     "item_movements": ("Every change of an item's open amount, signed, with its effective business date.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, installment INTEGER, kind VARCHAR,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, installment INTEGER, kind VARCHAR,
         amount BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ, source_kind VARCHAR, source_id VARCHAR"""),
     "unapplied_movements": ("Every change of unapplied cash (credit on account), signed.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR, kind VARCHAR,
+        position BIGINT, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR, kind VARCHAR,
         amount BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "payments": ("One row per payment received; reversal columns filled when it bounced.", """
         customer_id VARCHAR, payment_id VARCHAR, amount BIGINT, currency VARCHAR, received_on DATE,
         method VARCHAR, reference VARCHAR, recorded_at TIMESTAMPTZ, position BIGINT, reversed_on DATE,
         reversal_reason VARCHAR, reversed_recorded_at TIMESTAMPTZ, PRIMARY KEY (customer_id, payment_id)"""),
     "allocations": ("Every application of cash or credit to an item.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR,
+        position BIGINT, customer_id VARCHAR, source_kind VARCHAR, source_id VARCHAR,
         invoice_id VARCHAR, installment INTEGER, amount BIGINT, explicit BOOLEAN, effective_on DATE,
         recorded_at TIMESTAMPTZ"""),
     "credit_notes": ("One row per credit note.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, credit_note_id VARCHAR, invoice_id VARCHAR,
+        position BIGINT, customer_id VARCHAR, credit_note_id VARCHAR, invoice_id VARCHAR,
         amount BIGINT, reason VARCHAR, issued_on DATE, recorded_at TIMESTAMPTZ"""),
     "write_offs": ("One row per invoice write-off (bad debt).", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, amount BIGINT, reason VARCHAR,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, amount BIGINT, reason VARCHAR,
         written_off_on DATE, recorded_at TIMESTAMPTZ"""),
     "order_events": ("Orders: placed, approved, blocked, released, invoiced, cancelled; exposure_delta moves open orders.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, order_id VARCHAR, kind VARCHAR, amount BIGINT,
+        position BIGINT, customer_id VARCHAR, order_id VARCHAR, kind VARCHAR, amount BIGINT,
         currency VARCHAR, reason VARCHAR, credit_limit BIGINT, exposure BIGINT, available BIGINT,
         invoice_id VARCHAR, decided_by VARCHAR, exposure_delta BIGINT, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "dispute_events": ("Disputes opened and resolved per invoice.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, kind VARCHAR, amount BIGINT,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, kind VARCHAR, amount BIGINT,
         note VARCHAR, effective_on DATE, recorded_at TIMESTAMPTZ"""),
     "collection_actions": ("Collection actions taken (reminders, calls, letters ...).", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, action VARCHAR, invoice_id VARCHAR, outcome VARCHAR,
+        position BIGINT, customer_id VARCHAR, action VARCHAR, invoice_id VARCHAR, outcome VARCHAR,
         note VARCHAR, taken_by VARCHAR, action_on DATE, recorded_at TIMESTAMPTZ"""),
     "promises": ("Promises to pay.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, promise_id VARCHAR, amount BIGINT, promised_on DATE,
+        position BIGINT, customer_id VARCHAR, promise_id VARCHAR, amount BIGINT, promised_on DATE,
         invoice_id VARCHAR, made_on DATE, recorded_at TIMESTAMPTZ"""),
     "breaches": ("Sales that left exposure over the credit limit; crossing = first breach since within limit.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, invoice_id VARCHAR, exposure BIGINT,
+        position BIGINT, customer_id VARCHAR, invoice_id VARCHAR, exposure BIGINT,
         credit_limit BIGINT, crossing BOOLEAN, breached_on DATE, recorded_at TIMESTAMPTZ"""),
     "computed_grades": ("Behaviour grades the ledger computed (credit_grade.computed): on a relevant fact when the "
                         "grade changed (trigger 'event') and at each month end (trigger 'month_end'), with the "
                         "inputs over the window ending on computed_on.", """
-        position BIGINT PRIMARY KEY, customer_id VARCHAR, grade VARCHAR, score INTEGER, previous_grade VARCHAR,
+        position BIGINT, customer_id VARCHAR, grade VARCHAR, score INTEGER, previous_grade VARCHAR,
         trigger VARCHAR, window_days INTEGER, average_days_delinquent INTEGER, utilisation_pct INTEGER,
         broken_promises INTEGER, disputes INTEGER, write_off_bp INTEGER, computed_on DATE,
         recorded_at TIMESTAMPTZ"""),
@@ -80,51 +87,41 @@ TABLES: dict[str, tuple[str, str]] = {
         key VARCHAR PRIMARY KEY, value VARCHAR"""),
 }
 
+# "Now", defined once (DESIGN §5 views, issue 14): as of today's UTC date, as known now, i.e. the very SQL of
+# `report open-items` / `report balances` with $as_of = today (UTC, whatever the client's TimeZone) and
+# $known_at = +infinity. So `SELECT * FROM customer_balances` and `arledger report balances` agree.
+TODAY_UTC = "CAST(make_timestamp(epoch_us(now())) AS DATE)"
+KNOWN_NOW = "CAST('infinity' AS TIMESTAMPTZ)"
+
+
+def as_of_today(sql: str, **constants: str) -> str:
+    """A report's parameterised SQL as a view: $as_of → today (UTC), $known_at → now, other $names → constants."""
+    for name, value in {"as_of": f"({TODAY_UTC})", "known_at": KNOWN_NOW, **constants}.items():
+        sql = sql.replace(f"${name}", value)
+    assert "$" not in sql, sql
+    return sql
+
+
 VIEWS: dict[str, tuple[str, str]] = {
-    "open_items": ("Items as they stand now: open amount, status, dispute flag, days past due today (UTC).", """
-        SELECT i.customer_id, i.invoice_id, i.installment, i.amount, i.currency, i.issued_on, i.due_on,
-               i.open_amount,
-               CASE WHEN i.written_off THEN 'written_off' WHEN d.disputed THEN 'disputed'
-                    WHEN i.open_amount = 0 THEN 'paid' ELSE 'open' END AS status,
-               coalesce(d.disputed, false) AS disputed,
-               greatest(current_date - i.due_on, 0) AS days_past_due
-        FROM items i
-        LEFT JOIN (SELECT customer_id, invoice_id, arg_max(kind, position) = 'opened' AS disputed
-                   FROM dispute_events GROUP BY ALL) d USING (customer_id, invoice_id)"""),
-    "customer_balances": ("Per customer now: balance, unapplied, overdue, limit, exposure, available, hold, grade.", """
-        WITH open_by_customer AS (
-            SELECT customer_id, sum(open_amount) AS open_amount,
-                   sum(open_amount) FILTER (WHERE due_on < current_date) AS overdue
-            FROM items GROUP BY ALL),
-        unapplied AS (SELECT customer_id, sum(amount) AS unapplied FROM unapplied_movements GROUP BY ALL),
-        orders AS (SELECT customer_id, sum(exposure_delta) AS open_orders FROM order_events GROUP BY ALL),
-        latest AS (
-            SELECT customer_id, attribute, arg_max(value_int, (effective_on, position)) AS value_int,
-                   arg_max(value_text, (effective_on, position)) AS value_text
-            FROM credit_history WHERE effective_on <= current_date GROUP BY ALL),
-        last_payment AS (SELECT customer_id, max(received_on) AS last_payment_on FROM payments GROUP BY ALL)
-        SELECT c.customer_id, c.name, c.currency, c.salesperson,
-               coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0) AS balance,
-               coalesce(u.unapplied, 0) AS unapplied, coalesce(o.overdue, 0) AS overdue,
-               coalesce(l.value_int, 0) AS credit_limit, coalesce(r.open_orders, 0) AS open_orders,
-               coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0) + coalesce(r.open_orders, 0) AS exposure,
-               coalesce(l.value_int, 0) - (coalesce(o.open_amount, 0) - coalesce(u.unapplied, 0)
-                   + coalesce(r.open_orders, 0)) AS available,
-               coalesce(h.value_int, 0) = 1 AS on_hold, g.value_text AS grade, p.last_payment_on
-        FROM customers c
-        LEFT JOIN open_by_customer o USING (customer_id)
-        LEFT JOIN unapplied u USING (customer_id)
-        LEFT JOIN orders r USING (customer_id)
-        LEFT JOIN latest l ON l.customer_id = c.customer_id AND l.attribute = 'credit_limit'
-        LEFT JOIN latest h ON h.customer_id = c.customer_id AND h.attribute = 'on_hold'
-        LEFT JOIN latest g ON g.customer_id = c.customer_id AND g.attribute = 'grade'
-        LEFT JOIN last_payment p ON p.customer_id = c.customer_id"""),
+    "open_items": ("Every installment issued by today with its open amount, status and days past due as of "
+                   "today (UTC), as known now: the rows of `arledger report open-items`.",
+                   as_of_today(OPEN_ITEMS_SQL, customer_id="CAST(NULL AS VARCHAR)", include_settled="true")),
+    "customer_balances": ("Per customer as of today (UTC), as known now: balance, unapplied, overdue, limit, "
+                          "exposure, available, utilisation, hold, grade, last payment: the rows of "
+                          "`arledger report balances`.", as_of_today(BALANCES_SQL)),
 }
+
+
+# The newest storage format the DuckDB 1.x CLI (what package registries serve as `duckdb-cli`) reads: files this
+# project creates are written in it, so `duckdb -readonly snapshot.duckdb` works with the analysts' CLI. A file
+# that already exists keeps its format (an older DuckDB 2 default one is upgraded by `arledger rebuild`).
+STORAGE_VERSION = "v1.4.0"
 
 
 def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a projection file with the session settings every query here assumes."""
-    connection = duckdb.connect(path, read_only=read_only)
+    config = {} if read_only or path == ":memory:" else {"storage_compatibility_version": STORAGE_VERSION}
+    connection = duckdb.connect(path, read_only=read_only, config=config)
     connection.execute("SET TimeZone = 'UTC'")
     return connection
 
@@ -144,10 +141,20 @@ def open_union(paths: list[str]) -> duckdb.DuckDBPyConnection:
     return connection
 
 
+# Records the fold could not apply, set aside so the rest keeps flowing (issue 17); `arledger redrive` retries
+# them. Not a read-model table (a fresh fold has none, so it is neither compared nor documented with them).
+DEAD_LETTERS = "dead_letters"
+DEAD_LETTER_COLUMNS = """
+    position BIGINT, topic VARCHAR, "partition" INTEGER, record_offset BIGINT, customer_id VARCHAR, kind VARCHAR,
+    error VARCHAR, record VARCHAR, failed_at TIMESTAMPTZ, attempts INTEGER, PRIMARY KEY (topic, "partition",
+    record_offset)"""
+
+
 def create_schema(connection: duckdb.DuckDBPyConnection) -> None:
     """Create every table and view if missing (idempotent)."""
     for name, (_, columns) in TABLES.items():
         connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    connection.execute(f"CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} ({DEAD_LETTER_COLUMNS})")
     for name, (_, query) in VIEWS.items():
         connection.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
     connection.execute(

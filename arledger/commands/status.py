@@ -36,4 +36,7 @@ def run(args: argparse.Namespace) -> int:
     project = report["project"]
     age = "no snapshot yet" if project["snapshot_age_s"] is None else f"snapshot {project['snapshot_age_s']} s old"
     print(f"project lag {project['lag']} records, {age}")
+    if project.get("dead_letters"):
+        print(f"project ALERT: {project['dead_letters']} ledger record(s) set aside (the fold failed): "
+              "see `arledger redrive --list`, fix, then `arledger redrive`")
     return 0

@@ -165,3 +165,37 @@ def test_open_items_of_every_customer_and_open_only(items: LedgerFixture) -> Non
     open_only = exposure_report.open_items(items.connection, d("2026-03-31"), include_settled=False)
     assert [(row["invoice_id"], row["installment"]) for row in open_only["rows"]] == [
         ("I3", 1), ("I2", 2), ("J1", 1)]
+
+
+def test_views_are_the_reports_as_of_today_known_now(tmp_path) -> None:
+    """Issue 14: "now" is defined once — as of today (UTC), as known now. On examples/small.jsonl (a write-off
+    dated 2026-12-31, a reversed payment) the `customer_balances` and `open_items` views show exactly the rows
+    of `report balances` and `report open-items` as of today."""
+    import json
+    from pathlib import Path
+
+    from projections import reports
+
+    small = Path(__file__).resolve().parents[2] / "examples" / "small.jsonl"
+    fx = LedgerFixture(tmp_path / "p.duckdb", start="2026-11-01T00:00:00Z")
+    fx.batch(*[json.loads(line) for line in small.read_text().splitlines() if line.strip()],
+             expect_all_accepted=False)
+    for _ in range(3):  # the views and the reports must read the same UTC day (a midnight in between: again)
+        today = dt.datetime.now(dt.UTC).date()
+        cursor = fx.connection.execute("SELECT * FROM customer_balances ORDER BY customer_id")
+        view_balances = [dict(zip([c[0] for c in cursor.description], row)) for row in cursor.fetchall()]
+        cursor = fx.connection.execute("SELECT * FROM open_items")
+        view_items = [dict(zip([c[0] for c in cursor.description], row)) for row in cursor.fetchall()]
+        report_balances = reports.balances(fx.connection, today)["rows"]
+        report_items = exposure_report.open_items(fx.connection, today)["rows"]
+        if dt.datetime.now(dt.UTC).date() == today:
+            break
+    for row in view_balances:
+        row["last_payment_on"] = row["last_payment_on"] and row["last_payment_on"].isoformat()
+    for row in view_items:
+        row["issued_on"], row["due_on"] = row["issued_on"].isoformat(), row["due_on"].isoformat()
+    assert view_balances == report_balances
+    assert view_items == report_items
+    if today < dt.date(2026, 12, 31):  # before the write-off's business date it is still owed
+        assert any(row["overdue"] > 0 for row in view_balances)
+        assert not any(row["status"] == "written_off" for row in view_items)

@@ -159,7 +159,11 @@ def test_default_period_is_the_calendar_month() -> None:
     (100, {"2026-03-01": 400}, "2026-03-01", "2026-03-20", 100 / 400 * 20),  # first step: 1..20 March, pro rata
     (400, {"2026-03-01": 400}, "2026-03-01", "2026-03-20", 20.0),         # stops as soon as nothing remains
     (500, {"2026-03-01": 400, "2026-02-01": 200}, "2026-02-01", "2026-03-20", 20 + 100 / 200 * 28),
-    (500, {"2026-03-01": -50, "2026-02-01": 1_000}, "2026-02-01", "2026-03-31", 31 + 500 / 1_000 * 28),
+    # Net sales < 0 (credit notes above sales): sales ≤ remaining, so the step adds its days and subtracts its
+    # sales — the remaining AR grows by 50 (§8; issue 14 found the walk leaving it unchanged).
+    (500, {"2026-03-01": -50, "2026-02-01": 1_000}, "2026-02-01", "2026-03-31", 31 + 550 / 1_000 * 28),
+    # The issue's example: AR(to) 333,300, March nets −19,800, February 353,100 → 31 + 28 days exactly.
+    (333_300, {"2026-03-01": -19_800, "2026-02-01": 353_100}, "2026-02-01", "2026-03-31", 59.0),
     (500, {"2026-03-01": 0, "2026-01-01": 500}, "2026-01-01", "2026-03-31", 31 + 28 + 31),  # empty month: full
     (500, {"2026-03-01": 400}, "2026-03-01", "2026-03-31", None),         # history runs out
     (500, {"2026-02-01": 100}, "2026-02-01", "2026-03-31", None),
@@ -168,3 +172,17 @@ def test_default_period_is_the_calendar_month() -> None:
 def test_countback_walk(ar_end: int, monthly: dict, earliest: str | None, to: str, expected: float | None) -> None:
     result = countback_dso(ar_end, {d(k): v for k, v in monthly.items()}, d(earliest) if earliest else None, d(to))
     assert result == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_countback_over_a_month_with_negative_net_sales(tmp_path) -> None:
+    """Issue 14: AR(to) 333,300; March nets −19,800 (a credit note above its sales); February 353,100.
+    March adds 31 days and its −19,800 raises the remaining AR to 353,100, which February's sales take
+    exactly: 31 + 28 = 59.0 days (the walk used to leave the remaining AR unchanged: 57.43)."""
+    fx = LedgerFixture(tmp_path / "p.duckdb")
+    fx.batch(b.registered(customer_id="N1"),
+             b.sale("N1a", 353_100, issued_on="2026-02-10", due_on="2026-05-10", customer_id="N1"),
+             b.sale("N1b", 1_000, issued_on="2026-03-02", due_on="2026-05-10", customer_id="N1"),
+             b.credit_note("N1cn", "N1a", 20_800, on="2026-03-15", customer_id="N1"), at="2026-03-20T12:00:00Z")
+    figures = kpis(fx.connection, d("2026-03-01"), d("2026-03-31"))["customers"]["N1"]
+    assert (figures["ar_end"], figures["sales"]) == (333_300, -19_800)
+    assert figures["countback_dso"] == 59.0
