@@ -9,7 +9,6 @@ These tests edit the SQLite store directly, then run the store checks of `verify
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,7 @@ from arledger.settings import Settings
 from consumers import audit
 from ledger.aggregate import EnvelopeReceipt, receipt_id
 from ledger.application import Ledger
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import builders as b  # noqa: E402
+from tests import builders as b
 
 RECEIPT_TOPIC = "ledger.aggregate:EnvelopeReceipt.Accepted"
 

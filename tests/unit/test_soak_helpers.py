@@ -6,11 +6,7 @@ import os
 import subprocess
 import sys
 
-from arledger.settings import REPO_ROOT
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-from bench.soak import child_pids, percentile, worker_name  # noqa: E402
+from bench.soak import child_pids, percentile, worker_name
 
 
 def test_the_children_of_a_process_are_found_with_what_they_run() -> None:
