@@ -6,7 +6,7 @@ per-customer state in memory (open invoices, unapplied cash, open orders,
 disputes, holds) plus a calendar of pending per-customer tasks, so it scales
 from a hundred events to tens of millions.
 
-The generator models the ledger's rules (DESIGN §7/§8) exactly enough that every
+The generator models the ledger's rules (docs/contract.md §7/§8) exactly enough that every
 good record is valid when ingested in file order: it applies cash FIFO by
 (`due_on`, `invoice_id`, `installment`) skipping disputed items, keeps
 unapplied cash, reopens items on reversals, and only allocates explicitly up

@@ -6,7 +6,7 @@ benchmark offers records at a fixed rate and notes each one's send time
 ar.ledger (by envelope id) and the first projector commit whose stored
 offsets pass that event (the projector logs each commit with its offsets and
 a UTC timestamp): from that instant the row is in `customer_balances` of the
-projection file, in the same transaction as the offsets (DESIGN §5). It also
+projection file, in the same transaction as the offsets (docs/contract.md §5). It also
 notes when the published snapshot — what `report`, `sql` and other processes
 read — first showed it, by polling the snapshot every 100 ms.
 """

@@ -8,7 +8,7 @@ It runs in the projector's process and uses the projector's DuckDB connection
    ar.ledger, never raises an alert twice;
 2. after new ledger events (at most every EVENT_EVALUATION_INTERVAL_S) evaluate the event-driven rules
    (breach, utilisation, grade downgrade) as of today; once per business day, at the first moment the
-   pipeline is idle, evaluate every rule as of that day (DESIGN §8 "time-driven alerts"), and again when
+   pipeline is idle, evaluate every rule as of that day (docs/contract.md §8 "time-driven alerts"), and again when
    ledger events arrived since (at most every FULL_EVALUATION_INTERVAL_S: a backlog projected after the
    day's first evaluation is not left for tomorrow). Today is the wall-clock UTC date; the same day
    gives the same alert ids, so re-evaluating never raises an alert twice;

@@ -4,7 +4,7 @@
 
 1. the event store: each customer stream has versions 1..n without gaps, each
    `prev_hash` links to the stream's previous event and each `hash` recomputes
-   (DESIGN §4); every accepted envelope's receipt matches the events it
+   (docs/contract.md §4); every accepted envelope's receipt matches the events it
    produced; the library's own metadata is plausible;
 2. the global chain the relay stored (`LedgerChain.Extended`): positions
    1..N without gaps, each `hash_global` recomputed from the stored event;

@@ -1,4 +1,4 @@
-"""Client side of credit decisions: an upstream system places an order and waits for its outcome (DESIGN §3).
+"""Client side of credit decisions: an upstream system places an order and waits for its outcome (docs/contract.md §3).
 
 `place_order_and_wait` publishes an `order.placed` envelope on ar.inbound
 (key = customer id) and waits for the matching record: the decision on

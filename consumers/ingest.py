@@ -101,7 +101,7 @@ def origin_of(topic: str, partition: int, offset: int) -> str:
 
 
 def decision_record(customer_id: str, inbound_id: str, decided_at: str, event: e.OrderDecided) -> dict[str, Any]:
-    """The ar.decisions record of DESIGN §3."""
+    """The ar.decisions record of docs/contract.md §3."""
     return {
         "order_id": event.order_id, "customer_id": customer_id,
         "decision": "approved" if isinstance(event, e.OrderApproved) else "blocked",

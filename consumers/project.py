@@ -1,4 +1,4 @@
-"""The projector runner: ar.ledger → DuckDB read models, offsets in the same transaction (DESIGN §5).
+"""The projector runner: ar.ledger → DuckDB read models, offsets in the same transaction (docs/contract.md §5).
 
 It assigns every partition of ar.ledger itself (no consumer group, no
 rebalance pauses) and seeks to the offsets stored in the DuckDB file, never to

@@ -2,7 +2,7 @@
 
 `publish_lines` sends each line to ar.inbound keyed by its `customer_id` and
 keeps the (partition, offset) the broker acknowledged. `wait_for_outcomes`
-then waits — by the mechanism of DESIGN §6 — until the ingest group has
+then waits — by the mechanism of docs/contract.md §6 — until the ingest group has
 committed past every one of them, the relay has published every event recorded
 by then, and the published snapshot reflects all of ar.ledger at that moment;
 it then counts the outcomes: rejected (found on ar.rejected by source offset),

@@ -2,7 +2,7 @@
 
 Per batch: read the next account events in notification order, give them
 positions and global hashes, save that chain extension in the event store
-(before publishing, DESIGN §4), publish with the idempotent producer and wait
+(before publishing, docs/contract.md §4), publish with the idempotent producer and wait
 for the acknowledgements, then record the published position. While a batch's
 records are on their way to the broker the next batch is read and hashed (not
 chained nor sent until this one is confirmed, so records never overtake each

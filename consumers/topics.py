@@ -28,7 +28,7 @@ ADMIN_BOOTSTRAP_TIMEOUT_MS = 10_000
 TOPICS_READY_TIMEOUT_MS = 30_000
 
 # Per-topic settings beyond the broker defaults. ar.ledger keeps everything:
-# the history is the product (DESIGN §4).
+# the history is the product (docs/contract.md §4).
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     TOPIC_LEDGER: {"retention.ms": "-1", "retention.bytes": "-1"},
 }

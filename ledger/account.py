@@ -1,4 +1,4 @@
-"""The rules of a customer account (DESIGN §3, §7, §8), pure: no storage, no clock.
+"""The rules of a customer account (docs/contract.md §3, §7, §8), pure: no storage, no clock.
 
 `AccountState.handle(envelope, emit, policy)` checks a fact against the
 current state and, only when every check passes, emits domain events through
@@ -45,7 +45,7 @@ class CreditPolicy(Struct, frozen=True, kw_only=True):
     """Configurable parts of the credit rules."""
 
     overdue_tolerance_days: int = 30
-    # Behaviour grading (DESIGN §8 "computed grades"): None records no `credit_grade.computed` events.
+    # Behaviour grading (docs/contract.md §8 "computed grades"): None records no `credit_grade.computed` events.
     grading: GradingPolicy | None = None
 
 
@@ -285,7 +285,7 @@ class AccountState(Struct, kw_only=True):
         """After an accepted fact: the month-end grades of every month that ended before its business date
         and was not graded yet (as of each month end, so the fact itself is not in them: its effects are
         dated on or after `day`), then, for a fact that moves the behaviour figures, the grade as of `day`
-        when it differs from the last computed one (DESIGN §8 "computed grades")."""
+        when it differs from the last computed one (docs/contract.md §8 "computed grades")."""
         if self.graded_through is not None:
             month_end = _month_end(self.graded_through + dt.timedelta(days=1))
         elif self.registered_on is not None:
@@ -797,7 +797,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     c.InvoiceWrittenOffData: AccountState._write_off,
 }
 
-# Facts after which the behaviour grade is recomputed (DESIGN §8): they move its figures. Orders move
+# Facts after which the behaviour grade is recomputed (docs/contract.md §8): they move its figures. Orders move
 # utilisation too, but only until invoiced or cancelled; leaving them out keeps the credit-decision path
 # lean, and the next sale, payment or month end regrades.
 GRADE_RELEVANT: frozenset[type] = frozenset({

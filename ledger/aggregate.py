@@ -3,7 +3,7 @@
 Each domain event of `ledger.events` is stored as one `CustomerAccount.Recorded`
 event (the first of a stream as `CustomerAccount.Opened`) carrying the event's
 kind and data, the inbound envelope id, the recorded time, the schema version
-and the customer hash chain (DESIGN §4).
+and the customer hash chain (docs/contract.md §4).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class CustomerAccount(Aggregate):
 
 
 class EnvelopeReceipt(Aggregate):
-    """Claims an inbound envelope id for the fact that was accepted under it (DESIGN §8, idempotency)."""
+    """Claims an inbound envelope id for the fact that was accepted under it (docs/contract.md §8, idempotency)."""
 
     class Accepted(Aggregate.Created):
         envelope_id: str
@@ -200,7 +200,7 @@ CHAIN_ID = uuid.uuid5(ARLEDGER_NAMESPACE, "ledger-chain")
 
 
 class LedgerChain(Aggregate):
-    """The global hash chain and the relay's publishing position, stored in the event store (DESIGN §4).
+    """The global hash chain and the relay's publishing position, stored in the event store (docs/contract.md §4).
 
     The relay extends the chain (positions and global hashes of the next
     events, in notification order) and saves that *before* publishing; after

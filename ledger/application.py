@@ -1,7 +1,7 @@
 """The ledger application service: the one place in ledger/ that touches storage (through eventsourcing).
 
 `Ledger.process_batch(records)` takes raw inbound records, checks each in the
-order of DESIGN §8, applies the accepted ones to CustomerAccount aggregates and
+order of docs/contract.md §8, applies the accepted ones to CustomerAccount aggregates and
 saves every event of the batch — with the idempotency receipts — in one atomic
 `save()`. A transient failure raises and leaves nothing half-written: the
 caller retries the same batch, which gives the same outcomes.

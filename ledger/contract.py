@@ -1,4 +1,4 @@
-"""The inbound contract (topic ar.inbound): the envelope and one Struct per fact type (DESIGN §3, §8).
+"""The inbound contract (topic ar.inbound): the envelope and one Struct per fact type (docs/contract.md §3, §8).
 
 Decoding goes in the order §8 prescribes, first failure wins:
 envelope shape → (duplicate id, checked by the application) → unknown type →

@@ -1,4 +1,4 @@
-"""Rejections: a broken business or validation rule, named, each with its reason code (DESIGN §8)."""
+"""Rejections: a broken business or validation rule, named, each with its reason code (docs/contract.md §8)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class CreditGradeAssigned(DomainEvent, frozen=True, kw_only=True, tag="credit_gr
 
 
 class CreditGradeComputed(DomainEvent, frozen=True, kw_only=True, tag="credit_grade.computed"):
-    """The behaviour grade the ledger computed as of `computed_on` (DESIGN §8): on a relevant fact when the
+    """The behaviour grade the ledger computed as of `computed_on` (docs/contract.md §8): on a relevant fact when the
     grade changed (`trigger` "event"), and at every month end (`trigger` "month_end"). The inputs are the
     figures over the window (computed_on − window_days, computed_on]; reported as `computed_grade`, never
     applied: `grade` stays the assigned one."""

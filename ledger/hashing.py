@@ -1,4 +1,4 @@
-"""Hash chains over the ledger (DESIGN §4): SHA-256 of the previous hash and the canonical JSON of an event.
+"""Hash chains over the ledger (docs/contract.md §4): SHA-256 of the previous hash and the canonical JSON of an event.
 
 Canonical JSON = sorted keys, no whitespace, UTF-8. `chain_hash(prev, body)` is
 `sha256(prev_hex_ascii + canonical(body))` in hex. The customer chain runs in

@@ -1,4 +1,4 @@
-"""Credit-control policy, pure: dunning ladder, promise outcomes and cover, behaviour score, grades (DESIGN §8).
+"""Credit-control policy, pure: dunning ladder, promise outcomes and cover, behaviour score, grades (docs/contract.md §8).
 
 Everything here is built from the TOML configuration by `parse_config` (the
 caller reads the file) and takes its dates as arguments: no I/O, no clock.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-# The actions a collector can record (`collection.action`, DESIGN §3): a ladder step must be one of them.
+# The actions a collector can record (`collection.action`, docs/contract.md §3): a ladder step must be one of them.
 ACTIONS = ("reminder", "call", "email", "letter", "visit", "lawyer_letter", "agency", "litigation")
 GRADES = ("A", "B", "C", "D")  # best first
 GRADING_INPUTS = ("average_days_delinquent", "utilisation_pct", "broken_promises", "disputes", "write_off_bp")

@@ -1,4 +1,4 @@
-"""The ledger contract (topic ar.ledger, DESIGN §4): one record per accepted domain event.
+"""The ledger contract (topic ar.ledger, docs/contract.md §4): one record per accepted domain event.
 
 `LedgerRecord` is what the relay publishes and what projections and auditors
 read. The customer hash chain is computed by the ledger at write time; the

@@ -1,6 +1,6 @@
 """Credit alerts: the rules evaluated over the read model as of a business day, and the `alerts` table.
 
-Each alert has a dedupe key `alert_id` = kind|customer|subject|scope (DESIGN §8: (kind, subject, day or
+Each alert has a dedupe key `alert_id` = kind|customer|subject|scope (docs/contract.md §8: (kind, subject, day or
 bucket)), so evaluating the same day twice, or every day, raises each alert once:
 
 | kind | fires when (as of D) | subject | scope |

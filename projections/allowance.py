@@ -1,4 +1,4 @@
-"""Bad-debt allowance (DESIGN §7 "Allowance", §8 "Allowance", "Historical loss rate", "Rates").
+"""Bad-debt allowance (docs/contract.md §7 "Allowance", §8 "Allowance", "Historical loss rate", "Rates").
 
 Provision matrix: per customer, Σ aging bucket amount × the bucket's rate,
 in exact decimal arithmetic, rounded half-even to the minor unit once per

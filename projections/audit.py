@@ -24,7 +24,7 @@ from projections.fold import apply_batch
 # Tables that are not a fold of ar.ledger (Kafka offsets, file metadata): never compared.
 UNFOLDED_TABLE_PREFIX = "projection_"
 
-# The business date of each ledger event kind: the date the event is about (DESIGN §2), as traced.
+# The business date of each ledger event kind: the date the event is about (docs/contract.md §2), as traced.
 BUSINESS_DATE_FIELD: dict[str, str] = {
     "customer.registered": "registered_on",
     "credit_limit.changed": "effective_on",

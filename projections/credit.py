@@ -1,4 +1,4 @@
-"""`arledger check`: the credit question answered from the read model with the rules of DESIGN §7/§8.
+"""`arledger check`: the credit question answered from the read model with the rules of docs/contract.md §7/§8.
 
 Same order as the ledger's decision: `on_hold` (hold in force as of D) → `overdue_beyond_tolerance`
 (an item open as of D, not disputed as of D, more than the tolerance past due: 30 days pass, 31 block)

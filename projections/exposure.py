@@ -1,4 +1,4 @@
-"""Exposure list and open items as of a business date, known at a recorded instant (DESIGN §5, §7, §8).
+"""Exposure list and open items as of a business date, known at a recorded instant (docs/contract.md §5, §7, §8).
 
 - exposure: per customer, balance (= aging total) + approved open orders vs the credit limit in force,
   with the breaches recorded so far; customers over their limit first, then by utilisation.

@@ -4,7 +4,7 @@ The batch (newline-delimited JSON, exactly as published on ar.ledger) is
 staged with `read_json`, records already applied (same `position`, e.g. a
 relay re-publish) are dropped, and a fixed list of INSERT/UPDATE statements
 folds the rest. The Kafka offsets the batch reaches are written in the same
-transaction (DESIGN §5): a crash at any point loses nothing and applies
+transaction (docs/contract.md §5): a crash at any point loses nothing and applies
 nothing twice. No accounting rule is re-derived here: the events carry every
 effective date and signed amount.
 """

@@ -1,4 +1,4 @@
-"""Behaviour grades A–D (DESIGN §8 "computed grades"): the recorded ones, and the same figures from the read model.
+"""Behaviour grades A–D (docs/contract.md §8 "computed grades"): the recorded ones, and the same figures from the read model.
 
 The ledger records each computed grade as a `credit_grade.computed` event (on a relevant fact when the
 grade changed, and at every month end; `ledger.account.AccountState.grading_inputs`), folded into the

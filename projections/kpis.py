@@ -1,4 +1,4 @@
-"""Collection KPIs for a period (DESIGN §7 "KPIs", §8 "KPIs" and "Countback DSO"), per customer, salesperson, overall.
+"""Collection KPIs for a period (docs/contract.md §7 "KPIs", §8 "KPIs" and "Countback DSO"), per customer, salesperson, overall.
 
 For a period [from, to], with AR(D) = aging `total` as of D (open − unapplied),
 "current AR" = the aging `current` bucket as of `to`, sales = sale amounts

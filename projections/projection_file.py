@@ -1,4 +1,4 @@
-"""The projection file: its paths, its locks and the adoption of a rebuilt file (DESIGN §5, issue 14).
+"""The projection file: its paths, its locks and the adoption of a rebuilt file (docs/contract.md §5, issue 14).
 
 Files next to the live projection file `projections.duckdb`:
 - `projections.rebuilding.duckdb`: being written by `arledger rebuild`; never read by anyone else.

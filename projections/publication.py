@@ -1,4 +1,4 @@
-"""Publishing the read model for other processes without copying the whole file (DESIGN §5, issue 14).
+"""Publishing the read model for other processes without copying the whole file (docs/contract.md §5, issue 14).
 
 DuckDB lets no other process open a file while one process writes it, so readers
 (`report`, `sql`, the DuckDB CLI, Python, the SQL endpoint) read a published copy.

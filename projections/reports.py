@@ -1,4 +1,4 @@
-"""Reports over the read models, as of a business date and as known at a recorded instant (DESIGN §7, §8).
+"""Reports over the read models, as of a business date and as known at a recorded instant (docs/contract.md §7, §8).
 
 Every as-of/known-at figure is a sum of signed movements filtered by
 `effective_on <= as_of` and `recorded_at <= known_at`: the events carry the

@@ -87,7 +87,7 @@ TABLES: dict[str, tuple[str, str]] = {
         key VARCHAR PRIMARY KEY, value VARCHAR"""),
 }
 
-# "Now", defined once (DESIGN §5 views, issue 14): as of today's UTC date, as known now, i.e. the very SQL of
+# "Now", defined once (docs/contract.md §5 views, issue 14): as of today's UTC date, as known now, i.e. the very SQL of
 # `report open-items` / `report balances` with $as_of = today (UTC, whatever the client's TimeZone) and
 # $known_at = +infinity. So `SELECT * FROM customer_balances` and `arledger report balances` agree.
 TODAY_UTC = "CAST(make_timestamp(epoch_us(now())) AS DATE)"

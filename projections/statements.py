@@ -1,4 +1,4 @@
-"""Customer statement, balance history and the AR roll-forward (DESIGN §5, §7, §8), in SQL over the movements.
+"""Customer statement, balance history and the AR roll-forward (docs/contract.md §5, §7, §8), in SQL over the movements.
 
 AR (= aging `total` = open items − unapplied cash) as of D is the sum of the
 signed movements effective on or before D. Every movement changes AR by one

@@ -1,4 +1,4 @@
-"""The collections worklist, promises to pay and per-salesperson collection figures (DESIGN §5, §8 "Worklist").
+"""The collections worklist, promises to pay and per-salesperson collection figures (docs/contract.md §5, §8 "Worklist").
 
 Worklist as of D (known at T): for each open overdue item (open amount > 0,
 D − due_on ≥ 1), the due step is the highest ladder step whose offset ≤ days

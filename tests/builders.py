@@ -41,7 +41,7 @@ def day(iso: str) -> dt.date:
 
 def fact(type_: str, data: dict[str, Any], *, on: str = START, customer_id: str = CUSTOMER,
          id: str | None = None, time: str | None = None, hour: int = 10, source: str = "test") -> dict[str, Any]:
-    """One inbound envelope (DESIGN §3); `on` is the business date carried by `time` (`hour`:00 UTC)."""
+    """One inbound envelope (docs/contract.md §3); `on` is the business date carried by `time` (`hour`:00 UTC)."""
     return {"id": id or f"env-{next(_envelope_ids)}", "type": type_, "source": source,
             "time": time or f"{on}T{hour:02d}:00:00Z", "customer_id": customer_id, "data": data}
 

@@ -24,7 +24,7 @@ OVERSIZED_CHARS = (129, 4_096, 300_000)  # over the 128-char id limit, big, and 
 
 
 def valid_envelopes(customer_id: str) -> list[dict[str, Any]]:
-    """A small, valid history of one customer (each type of DESIGN §3 at least once)."""
+    """A small, valid history of one customer (each type of docs/contract.md §3 at least once)."""
     def env(n: int, type_: str, on: str, data: dict[str, Any]) -> dict[str, Any]:
         return {"id": f"{customer_id}-{n}", "type": type_, "source": "fuzz", "time": f"{on}T10:00:00Z",
                 "customer_id": customer_id, "data": data}

@@ -3,7 +3,7 @@
 
     python3 tools/verify_export.py FILE.jsonl [--anchor HASH] [--head HASH]
 
-What it checks (the rules are DESIGN §4 and docs/decisions.md, restated here so
+What it checks (the rules are docs/contract.md §4 and docs/decisions.md, restated here so
 this file stands alone):
 
 - canonical JSON = keys sorted, no whitespace, UTF-8, non-ASCII unescaped;

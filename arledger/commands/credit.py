@@ -29,7 +29,7 @@ examples:
 """
 
 WORKLIST_HELP = """\
-What to do today, by the dunning ladder of the config (DESIGN §8 "Worklist"):
+What to do today, by the dunning ladder of the config (docs/contract.md §8 "Worklist"):
 for each open overdue item the due step is the highest step whose offset <=
 days past due; it is listed unless that step or a later one was recorded
 (collection.action) for the item or its customer since the due date. Disputed
@@ -133,7 +133,7 @@ def _amount(text: str) -> int:
 
 
 def add_worklist(subparsers: argparse._SubParsersAction) -> None:
-    """`worklist` under any command group: `arledger worklist` and `arledger report worklist` (DESIGN §6)."""
+    """`worklist` under any command group: `arledger worklist` and `arledger report worklist` (docs/contract.md §6)."""
     worklist = _parser(subparsers, "worklist", "the collections worklist: who to chase today and how",
                        WORKLIST_HELP)
     _common(worklist)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 GENERATE_EPILOG = """\
-The file holds the inbound facts (DESIGN §3) of a simulated company, one JSON
+The file holds the inbound facts (docs/contract.md §3) of a simulated company, one JSON
 envelope per line, in non-decreasing business time, ready for 'arledger
 ingest': customers registered with limits, terms, grades and salespeople;
 orders (approved, blocked, released, cancelled) and sales with and without

@@ -9,7 +9,7 @@ from pathlib import Path
 from arledger.settings import TOPIC_REJECTED, Settings
 
 INGEST_HELP = """\
-Each line of FILE is one inbound envelope (DESIGN §3); it is sent to
+Each line of FILE is one inbound envelope (docs/contract.md §3); it is sent to
 ar.inbound keyed by its customer_id. With --wait the command returns only
 when every record has an outcome (accepted, rejected or duplicate) and every
 accepted one is visible to 'arledger report'; it prints the counts.

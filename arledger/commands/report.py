@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     names = parser.add_subparsers(dest="report", metavar="NAME", required=True)
     from arledger.commands.credit import add_worklist
 
-    add_worklist(names)  # `report worklist` (DESIGN §6) is `arledger worklist`
+    add_worklist(names)  # `report worklist` (docs/contract.md §6) is `arledger worklist`
 
     aging = _subparser(names, "aging", "open items by days past due, per customer, with totals per currency",
                        "  arledger report aging --as-of 2026-06-30 --buckets 0,15,30,60,90,180\n"

@@ -7,9 +7,9 @@ ar.rejected and ar.ledger when the server starts:
 - rejected: a record on ar.rejected whose source (topic, partition, offset)
   is where the broker put our envelope — the reason code and message are there;
 - accepted: a record on ar.ledger carrying our envelope id (the ledger writes
-  the envelope id on every event it records, DESIGN §4);
+  the envelope id on every event it records, docs/contract.md §4);
 - duplicate: the ingest group committed past our record (every record before
-  the commit has its outcome, DESIGN §6) and, after a grace period for the
+  the commit has its outcome, docs/contract.md §6) and, after a grace period for the
   relay, neither of the above appeared: the id was known, no new event.
 Visible in reports = accepted and the published read model's ar.ledger
 offsets have passed the event's offset.

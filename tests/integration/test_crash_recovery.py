@@ -1,5 +1,5 @@
 """Crash recovery: the workers are killed (SIGKILL) at each named fault point and restarted; the result
-equals a clean run of the same input — nothing lost, nothing applied twice (DESIGN §4, §5, §6).
+equals a clean run of the same input — nothing lost, nothing applied twice (docs/contract.md §4, §5, §6).
 
 Each run: a warm-up record goes all the way through clean workers (so there is committed state
 everywhere: group offsets, chain, projection offsets), which then stop. The workload (with bad records

@@ -8,7 +8,7 @@
 - Worklist, promises, grades: data through `arledger run` and `arledger ingest --wait`, then the read model
   as of a calendar of dates.
 
-Every expected figure is worked out by hand in the comments from DESIGN §7/§8 and consumers/arledger.toml.
+Every expected figure is worked out by hand in the comments from docs/contract.md §7/§8 and consumers/arledger.toml.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Four customers in two currencies go through sales with and without
 installments, partial and explicit payments, an over-payment whose unapplied
 cash goes to a later sale, credit notes (one with excess), a bounced payment,
 a write-off and orders (approved and invoiced, blocked, duplicated, rejected).
-Every expected figure below is computed by hand from DESIGN §7/§8 — the
+Every expected figure below is computed by hand from docs/contract.md §7/§8 — the
 working is in the comments — never by the code under test.
 """
 

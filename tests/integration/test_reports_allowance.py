@@ -1,4 +1,4 @@
-"""Bad-debt allowance (DESIGN §7, §8) on a real ledger → DuckDB fold, as of 2026-06-30; figures by hand.
+"""Bad-debt allowance (docs/contract.md §7, §8) on a real ledger → DuckDB fold, as of 2026-06-30; figures by hand.
 
 Provision matrix (default rates current 1 %, 1-30 3 %, 31-60 10 %, 61-90 25 %, 90+ 50 %):
   L1 EUR: current 1,050 → 10.50 → 10 (half-even)

@@ -1,4 +1,4 @@
-"""KPIs (DESIGN §7, §8) on a real ledger → DuckDB fold, for February 2026 (28 days); figures by hand.
+"""KPIs (docs/contract.md §7, §8) on a real ledger → DuckDB fold, for February 2026 (28 days); figures by hand.
 
 K1 (EUR, Ann): 01-15 sale 30,000 (due 02-14) · 02-10 sale 20,000 (due 03-12) · 02-20 paid 25,000 (→ the
     January sale) · 02-25 credit note 5,000 on the February sale.

@@ -1,4 +1,4 @@
-"""Aging bucket edges (DESIGN §7): days past due = as_of − due_on; ≤ 0 current, then 1-30, 31-60, 61-90, 90+.
+"""Aging bucket edges (docs/contract.md §7): days past due = as_of − due_on; ≤ 0 current, then 1-30, 31-60, 61-90, 90+.
 
 The ledger records every movement with its effective date; aging as of D is
 `Item.open_as_of(D)` bucketed by days past due. The small bucketing helper

@@ -1,4 +1,4 @@
-"""The Ledger application service (DESIGN §3, §4, §8): reason codes, check order, idempotency, durability,
+"""The Ledger application service (docs/contract.md §3, §4, §8): reason codes, check order, idempotency, durability,
 hash chain and known-at replay, through `Ledger.process_batch` on memory:// or a tmp SQLite file."""
 
 from __future__ import annotations

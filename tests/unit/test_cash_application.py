@@ -1,4 +1,4 @@
-"""Application of cash and credit (DESIGN §7, §8): given facts → when a fact → then the events it records.
+"""Application of cash and credit (docs/contract.md §7, §8): given facts → when a fact → then the events it records.
 
 Figures are small and computed by hand in the comments.
 """

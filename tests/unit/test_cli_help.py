@@ -1,4 +1,4 @@
-"""Every command explains itself with an example (`--help`), and DESIGN §6's command names exist."""
+"""Every command explains itself with an example (`--help`), and docs/contract.md §6's command names exist."""
 
 from __future__ import annotations
 

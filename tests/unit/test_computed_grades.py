@@ -1,4 +1,4 @@
-"""Computed grades recorded by the ledger as `credit_grade.computed` (DESIGN §8), on the pure rules.
+"""Computed grades recorded by the ledger as `credit_grade.computed` (docs/contract.md §8), on the pure rules.
 
 The shipped config (consumers/arledger.toml): window 365 days; penalties average_days_delinquent 40 over 0..60,
 utilisation_pct 15 over 80..120, broken_promises 15 over 0..3, disputes 10 over 0..4, write_off_bp 20 over

@@ -1,4 +1,4 @@
-"""The inbound contract (DESIGN §3, §8): decoding, field types, bounds, sums and reason codes, no ledger state."""
+"""The inbound contract (docs/contract.md §3, §8): decoding, field types, bounds, sums and reason codes, no ledger state."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Orders, credit decisions, breaches, holds, limits and terms (DESIGN §3, §7, §8), on the pure rules."""
+"""Orders, credit decisions, breaches, holds, limits and terms (docs/contract.md §3, §7, §8), on the pure rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dependencies point one way (DESIGN §1, STYLE §1): ledger → nothing of ours, no Kafka, DuckDB or structlog."""
+"""Dependencies point one way (docs/contract.md §1, STYLE §1): ledger → nothing of ours, no Kafka, DuckDB or structlog."""
 
 from __future__ import annotations
 

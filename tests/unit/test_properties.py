@@ -1,4 +1,4 @@
-"""Property-based tests (Hypothesis): random histories of facts keep the accounting rules of DESIGN §7.
+"""Property-based tests (Hypothesis): random histories of facts keep the accounting rules of docs/contract.md §7.
 
 After every fact: the cash invariant; no open amount negative, also as of every
 business date; a payment or credit note never allocates more than it has; the
