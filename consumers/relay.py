@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
 import structlog
 from kafka import KafkaProducer
 
@@ -27,8 +26,7 @@ from consumers.faults import crash_point
 from consumers.retry import with_retries
 from ledger.aggregate import LedgerChain
 from ledger.application import Ledger, StoredLedgerEvent
-from ledger.hashing import chain_hash
-from ledger.records import LedgerRecord, record_encoder
+from ledger.records import LedgerRecord, record_encoder, with_global_hash
 
 log = structlog.get_logger("arledger.relay")
 
@@ -36,18 +34,15 @@ log = structlog.get_logger("arledger.relay")
 def ledger_record(position: int, notification_id: int, stored: StoredLedgerEvent, prev_hash_global: str,
                   hash_global: str | None = None) -> LedgerRecord:
     """The ar.ledger record of one stored event; computes the global hash unless it is given."""
-    if hash_global is None:  # chain_hash over global_hash_body of the record, built directly (no copies)
-        hash_global = chain_hash(prev_hash_global, {
-            "position": position, "notification_id": notification_id, "customer_id": stored.customer_id,
-            "version": stored.version, "kind": stored.kind, "envelope_id": stored.envelope_id,
-            "recorded_at": stored.recorded_at, "schema_version": stored.schema_version, "data": stored.data,
-            "prev_hash_customer": stored.prev_hash, "hash_customer": stored.hash})
-    return LedgerRecord(
+    record = LedgerRecord(
         position=position, notification_id=notification_id, customer_id=stored.customer_id,
         version=stored.version, kind=stored.kind, envelope_id=stored.envelope_id,
         recorded_at=stored.recorded_at, schema_version=stored.schema_version, data=stored.data,
         prev_hash_customer=stored.prev_hash, hash_customer=stored.hash,
-        prev_hash_global=prev_hash_global, hash_global=hash_global)
+        prev_hash_global=prev_hash_global, hash_global=hash_global or "")
+    if hash_global is None:
+        record = with_global_hash(record, prev_hash_global)
+    return record
 
 
 class Relay:

@@ -31,11 +31,14 @@ class LedgerRecord(msgspec.Struct, frozen=True, kw_only=True):
     hash_global: str
 
 
+_GLOBAL_HASH_FIELDS = tuple(name for name in LedgerRecord.__struct_fields__
+                            if name not in ("prev_hash_global", "hash_global"))
+
+
 def global_hash_body(record: LedgerRecord) -> dict[str, Any]:
-    """The record without its global hash fields: what the global chain covers."""
-    body: dict[str, Any] = msgspec.to_builtins(record)
-    del body["prev_hash_global"], body["hash_global"]
-    return body
+    """The record without its global hash fields: what the global chain covers (read field by field:
+    the relay hashes every event with it, and the fields already hold JSON builtins)."""
+    return {name: getattr(record, name) for name in _GLOBAL_HASH_FIELDS}
 
 
 def with_global_hash(record: LedgerRecord, prev_hash_global: str) -> LedgerRecord:
