@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 ARLEDGER = (sys.executable, "-m", "arledger.cli")
+OFFERER_GRACE_S = 120  # how long past the load's planned end the offerer may take to send its last lines
 LINES_PER_CUSTOMER_MONTH = 6  # what `arledger generate` writes on average (measured: ~7.5); sized generously
 REPORT_NAMES = ("aging", "balances", "exposure", "worklist", "kpis", "allowance")
 SAMPLE_INTERVAL_S = 1.0
@@ -640,7 +641,11 @@ def _soak_on(stack: Stack, folder: Path, options: SoakOptions, lines: list[bytes
             mark(f"{fault.kind}: back")
 
         next_kill_s = options.kill_every_s
-        while time.monotonic() - started < duration_s and offerer.is_alive():
+        # The load is over when the offerer has sent every line (its own clock paces them over duration_s);
+        # stopping it on this loop's clock instead could cut the last line off by a few milliseconds. The cap
+        # only guards against an offerer that hangs.
+        give_up_at_s = duration_s + OFFERER_GRACE_S
+        while offerer.is_alive() and time.monotonic() - started < give_up_at_s:
             elapsed = time.monotonic() - started
             if restart is None and elapsed >= restart_at_s:
                 # In the background: the load and the kills go on while the broker is down and recovers.
