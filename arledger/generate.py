@@ -6,9 +6,10 @@ per-customer state in memory (open invoices, unapplied cash, open orders,
 disputes, holds) plus a calendar of pending per-customer tasks, so it scales
 from a hundred events to tens of millions.
 
-The generator models the ledger's rules (docs/contract.md §7/§8) exactly enough that every
-good record is valid when ingested in file order: it applies cash FIFO by
-(`due_on`, `invoice_id`, `installment`) skipping disputed items, keeps
+The generator models the ledger's state (docs/contract.md §7/§8) exactly enough that every
+good record is valid when ingested in file order: it applies cash with the
+ledger's own rule (`ledger.account.cash_application`: FIFO by `due_on`, then
+`invoice_id` and `installment`, to the items of undisputed invoices), keeps
 unapplied cash, reopens items on reversals, and only allocates explicitly up
 to what it knows is open. Bad records (share `bad_share`) are of every §8
 rejection kind plus exact re-sends; they never change the ledger's state, so
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from ledger.account import cash_application
 
 # --- Rates: per customer and month (a customer's own rate = rate x its activity) -----------
 DIRECT_SALES_PER_MONTH = 2.0        # invoices without an order
@@ -150,14 +153,21 @@ def _weighted(rng: random.Random, table: tuple[tuple[Any, float], ...]) -> Any:
 
 
 class _Item:
-    """One installment: the ledger's open amount, and what the customer still means to pay."""
+    """One installment: the ledger's open amount, and what the customer still means to pay.
 
-    __slots__ = ("invoice", "number", "due", "amount", "open", "intent")
+    The ledger's cash application (`ledger.account.cash_application`) reads its `invoice_id`,
+    `installment`, `due_on` (a day number here, ordered as the dates are) and `open`."""
 
-    def __init__(self, invoice: _Invoice, number: int, due: int, amount: int) -> None:
-        self.invoice, self.number, self.due, self.amount = invoice, number, due, amount
+    __slots__ = ("invoice", "installment", "due_on", "amount", "open", "intent")
+
+    def __init__(self, invoice: _Invoice, installment: int, due_on: int, amount: int) -> None:
+        self.invoice, self.installment, self.due_on, self.amount = invoice, installment, due_on, amount
         self.open = amount
         self.intent = amount
+
+    @property
+    def invoice_id(self) -> str:
+        return self.invoice.invoice_id
 
 
 class _Invoice:
@@ -182,10 +192,17 @@ class _Invoice:
 class _Cash:
     """Unapplied cash from a payment or a credit note; `allocations` tracked only for payments that bounce."""
 
-    __slots__ = ("source_id", "left", "allocations")
+    __slots__ = ("source_id", "remaining", "allocations")
 
-    def __init__(self, source_id: str, left: int, allocations: list | None) -> None:
-        self.source_id, self.left, self.allocations = source_id, left, allocations
+    def __init__(self, source_id: str, remaining: int, allocations: list[tuple[_Item, int]] | None) -> None:
+        self.source_id, self.remaining, self.allocations = source_id, remaining, allocations
+
+
+Data = dict[str, Any]  # an envelope's `data` (or a whole envelope)
+Event = tuple[str, str, Data]  # (type, source, data) of one line to write
+Line = tuple[int, int, str, Event]  # (second of the day, order, customer_id, event)
+Task = tuple[Any, ...]  # (kind, *arguments of _Generator.task_<kind>)
+Payment = tuple[_Invoice | None, int]  # (the invoice paid for, if the customer says, amount)
 
 
 class _Order:
@@ -201,6 +218,19 @@ class _Customer:
                  "registered", "invoices", "cash", "bouncing", "orders", "on_hold", "hold_day",
                  "hold_kind", "release_pending", "late_days_sum", "paid_count", "day_events", "insolvent",
                  "last_action")
+    # Set by _Generator._setup, right after construction:
+    name: str
+    currency: str
+    source: str
+    limit: int
+    terms: int
+    grade: str
+    behaviour: str
+    salesperson: str
+    activity: float
+    invoice_avg: float
+    allocated: bool
+    writeoff_days: int
 
     def __init__(self, index: int, customer_id: str) -> None:
         self.index, self.customer_id = index, customer_id
@@ -215,36 +245,28 @@ class _Customer:
         self.release_pending = False
         self.late_days_sum = 0
         self.paid_count = 0
-        self.day_events: list[tuple[str, str, dict]] = []
+        self.day_events: list[Event] = []
         self.insolvent = False
         self.last_action: dict[str, int] = {}  # action -> day it was last taken for this customer
 
-    # -- the ledger's view (§7), exactly as the ledger applies it ----------------------------
+    # -- the ledger's view (§7): its own rule applies the cash ---------------------------------
     def eligible_items(self) -> list[_Item]:
-        items = [item for invoice in self.invoices.values() if not invoice.disputed
-                 for item in invoice.items if item.open > 0]
-        items.sort(key=lambda item: (item.due, item.invoice.invoice_id, item.number))
-        return items
+        """Open items of undisputed invoices (written-off invoices are forgotten: never among them)."""
+        return [item for invoice in self.invoices.values() if not invoice.disputed
+                for item in invoice.items if item.open > 0]
 
     def apply_cash(self) -> None:
-        """Apply unapplied cash, oldest source first, to eligible items by (due, invoice, installment)."""
+        """Apply unapplied cash to the eligible items by the ledger's rule (`cash_application`). The sources
+        are in arrival order, which is the ledger's order (received date, then recorded order): the
+        simulation runs day by day and a customer's lines keep their order within a day."""
         if not self.cash:
             return
-        items = self.eligible_items()
-        position = 0
-        for source in self.cash:
-            while source.left > 0 and position < len(items):
-                item = items[position]
-                amount = min(source.left, item.open)
-                _allocate(source, item, amount)
-                if item.open == 0:
-                    position += 1
-            if position >= len(items):
-                break
-        self.cash = [source for source in self.cash if source.left > 0]
+        for source, item, amount in cash_application(self.cash, self.eligible_items()):
+            _allocate(source, item, amount)
+        self.cash = [source for source in self.cash if source.remaining > 0]
 
     def unapplied(self) -> int:
-        return sum(source.left for source in self.cash)
+        return sum(source.remaining for source in self.cash)
 
     def exposure(self) -> int:
         open_total = sum(invoice.open_total() for invoice in self.invoices.values())
@@ -258,8 +280,8 @@ class _Customer:
             if invoice.disputed:
                 continue
             for item in invoice.items:
-                if item.open > 0 and day - item.due > worst:
-                    worst = day - item.due
+                if item.open > 0 and day - item.due_on > worst:
+                    worst = day - item.due_on
         return worst
 
     def maybe_drop(self, invoice: _Invoice) -> None:
@@ -278,7 +300,7 @@ class _Customer:
 
 def _allocate(source: _Cash, item: _Item, amount: int) -> None:
     item.open -= amount
-    source.left -= amount
+    source.remaining -= amount
     if source.allocations is not None:
         source.allocations.append((item, amount))
         item.invoice.locks += 1
@@ -299,10 +321,10 @@ class _Generator:
         self.envelope_number = 0
         self.today = -1
         self.sequence = {"INV": 0, "PAY": 0, "CN": 0, "SO": 0, "PR": 0}
-        self.calendar: dict[int, dict[int, list[tuple]]] = {}
+        self.calendar: dict[int, dict[int, list[Task]]] = {}
         self.encoder = msgspec.json.Encoder()
-        self.conflict_pool: list[dict] = []
-        self.conflict_today: list[dict] = []
+        self.conflict_pool: list[Data] = []
+        self.conflict_today: list[Data] = []
         self.date_cache: dict[int, str] = {}
         self.season = [self._season_factor(day) for day in range(self.days)]
         self.season_max = max(SEASONALITY) * 1.0
@@ -319,7 +341,7 @@ class _Generator:
             self.schedule(first_day, customer, ("register",))
 
     # -- calendar ------------------------------------------------------------------------------
-    def schedule(self, day: int, customer: _Customer, task: tuple) -> None:
+    def schedule(self, day: int, customer: _Customer, task: Task) -> None:
         assert day > self.today, "a task for today would be lost: today's calendar is already taken"
         if day >= self.days:
             return  # beyond the period: never happens in this file
@@ -361,7 +383,7 @@ class _Generator:
             if self.rng.random() * self.season_max < self.season[day]:
                 return time
 
-    def emit(self, customer: _Customer, event_type: str, source: str, data: dict) -> None:
+    def emit(self, customer: _Customer, event_type: str, source: str, data: Data) -> None:
         customer.day_events.append((event_type, source, data))
 
     # -- customers -----------------------------------------------------------------------------
@@ -393,7 +415,7 @@ class _Generator:
         return int(min(INVOICE_AMOUNT_MAX, max(INVOICE_AMOUNT_MIN, value)))
 
     # -- tasks ---------------------------------------------------------------------------------
-    def run_task(self, day: int, customer: _Customer, task: tuple, payments: list) -> None:
+    def run_task(self, day: int, customer: _Customer, task: Task, payments: list[Payment]) -> None:
         kind = task[0]
         if kind == "pay":
             self.task_pay(day, customer, task[1], task[2], task[3], payments)
@@ -426,9 +448,10 @@ class _Generator:
         """Run an arrival, then every further arrival of the same day; schedule the next one."""
         while True:
             action()
-            time = self.next_arrival(customer, time, rate)
-            if time is None:
+            arrival = self.next_arrival(customer, time, rate)
+            if arrival is None:
                 return
+            time = arrival
             if int(time) != day:
                 self.schedule(int(time), customer, (kind, time))
                 return
@@ -475,7 +498,7 @@ class _Generator:
         customer.invoices[invoice_id] = invoice
         customer.apply_cash()
         self.plan_payments(day, customer, invoice)
-        first_due = invoice.items[0].due
+        first_due = invoice.items[0].due_on
         invoice.dunning = True
         self.schedule(self.business_day(first_due + LADDER[0][0]), customer, ("dun", invoice_id))
         if rng.random() < DISPUTE_SHARE[customer.behaviour]:
@@ -499,11 +522,11 @@ class _Generator:
             else:
                 delay = 1 + int(rng.expovariate(1.0 / profile["late_mean"]))
             style = "partial" if rng.random() < profile["partial"] else "full"
-            pay_day = self.business_day(max(day + 1, item.due + delay))
-            self.schedule(pay_day, customer, ("pay", invoice.invoice_id, item.number, style))
+            pay_day = self.business_day(max(day + 1, item.due_on + delay))
+            self.schedule(pay_day, customer, ("pay", invoice.invoice_id, item.installment, style))
 
     def task_pay(self, day: int, customer: _Customer, invoice_id: str, number: int, style: str,
-                 payments: list) -> None:
+                 payments: list[Payment]) -> None:
         invoice = customer.invoices.get(invoice_id)
         if invoice is None:
             return
@@ -519,11 +542,12 @@ class _Generator:
             self.schedule(self.business_day(day + self.rng.randint(10, 40)), customer,
                           ("pay", invoice_id, number, "full"))
         item.intent -= amount
-        customer.late_days_sum += max(0, day - item.due)
+        customer.late_days_sum += max(0, day - item.due_on)
         customer.paid_count += 1
         payments.append((invoice, amount))
 
-    def task_pay_amount(self, customer: _Customer, amount: int, invoice_id: str | None, payments: list) -> None:
+    def task_pay_amount(self, customer: _Customer, amount: int, invoice_id: str | None,
+                        payments: list[Payment]) -> None:
         """A payment of a given amount (kept promise, re-payment after a bounce)."""
         if customer.insolvent:
             return
@@ -536,7 +560,7 @@ class _Generator:
                 left -= take
         payments.append((invoice, amount))
 
-    def flush_payment(self, day: int, customer: _Customer, payments: list) -> None:
+    def flush_payment(self, day: int, customer: _Customer, payments: list[Payment]) -> None:
         """One bank line for everything the customer pays today."""
         rng = self.rng
         profile = GRADE_PROFILES[customer.behaviour]
@@ -572,7 +596,7 @@ class _Generator:
                 if take:
                     _allocate(source, item, take)
                     amount -= take
-        if source.left:
+        if source.remaining:
             customer.cash.append(source)
             customer.apply_cash()
         if bounces:
@@ -592,8 +616,9 @@ class _Generator:
         })
         if source in customer.cash:
             customer.cash.remove(source)
-        source.left = 0
+        source.remaining = 0
         reopened: dict[str, _Invoice] = {}
+        assert source.allocations is not None, "a payment that bounces keeps its allocations"
         for item, allocated in source.allocations:
             item.open += allocated
             item.invoice.locks -= 1
@@ -823,9 +848,9 @@ class _Generator:
             invoice.dunning = False
             customer.maybe_drop(invoice)
             return
-        if item.number != invoice.dun_item:
-            invoice.dun_item, invoice.dun_step = item.number, 0
-        days_past_due = day - item.due
+        if item.installment != invoice.dun_item:
+            invoice.dun_item, invoice.dun_step = item.installment, 0
+        days_past_due = day - item.due_on
         if days_past_due >= customer.writeoff_days and invoice.locks == 0:
             reason = self.rng.choice((f"uncollectible: {days_past_due} days past due", "agency gave up"))
             self.write_off(day, customer, invoice, reason)
@@ -837,7 +862,7 @@ class _Generator:
             self.collect(day, customer, invoice, LADDER[step][1], days_past_due)
             invoice.dun_step = step + 1
         offset = LADDER[invoice.dun_step][0] if invoice.dun_step < len(LADDER) else customer.writeoff_days
-        self.schedule(self.business_day(max(day + 1, item.due + offset)), customer, ("dun", invoice_id))
+        self.schedule(self.business_day(max(day + 1, item.due_on + offset)), customer, ("dun", invoice_id))
 
     def collect(self, day: int, customer: _Customer, invoice: _Invoice, action: str, days_past_due: int) -> None:
         rng = self.rng
@@ -902,7 +927,8 @@ class _Generator:
         rng = self.rng
         amount = open_total if rng.random() < 0.6 else max(100, open_total // 2 // 100 * 100)
         promised_on = self.business_day(day + rng.randint(3, 14))
-        data: dict[str, Any] = {"promise_id": self.next_id("PR"), "amount": amount, "promised_on": self.iso(promised_on)}
+        data: dict[str, Any] = {"promise_id": self.next_id("PR"), "amount": amount,
+                                "promised_on": self.iso(promised_on)}
         if rng.random() < 0.85:
             data["invoice_id"] = invoice.invoice_id
         self.emit(customer, "promise.made", CRM_SOURCE, data)
@@ -932,11 +958,11 @@ class _Generator:
         for day in range(self.days):
             self.today = day
             tasks_by_customer = self.calendar.pop(day, None)
-            lines: list[tuple] = []
+            lines: list[Line] = []
             if tasks_by_customer:
                 for index, tasks in tasks_by_customer.items():
                     customer = self.customers[index]
-                    payments: list = []
+                    payments: list[Payment] = []
                     for task in tasks:
                         if customer.registered or task[0] == "register":
                             self.run_task(day, customer, task, payments)
@@ -968,7 +994,7 @@ class _Generator:
         self.envelope_number += 1
         return f"gen-{self.seed}-{self.envelope_number}"
 
-    def encode_day(self, day: int, lines: list[tuple]) -> Iterator[tuple[str, bytes]]:
+    def encode_day(self, day: int, lines: list[Line]) -> Iterator[tuple[str, bytes]]:
         rng = self.rng
         day_text = self.iso(day)
         for second, _, customer_id, (event_type, source, data) in lines:
@@ -983,7 +1009,7 @@ class _Generator:
                 yield self.bad_record(day, envelope, line)
 
     # -- bad records ---------------------------------------------------------------------------
-    def bad_record(self, day: int, good: dict, good_line: bytes) -> tuple[str, bytes]:
+    def bad_record(self, day: int, good: Data, good_line: bytes) -> tuple[str, bytes]:
         """One bad line next to a good one: rejected by §8 (or an exact re-send), never accepted."""
         rng = self.rng
         kind = rng.choice(BAD_KINDS)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from msgspec import Struct, field
 
@@ -39,6 +39,17 @@ from ledger.policy import PROMISE_BROKEN, GradingPolicy, average_days, basis_poi
 START_OF_TIME = dt.date.min  # registration values hold from the start of time (§8)
 MONTH_END_GRADES_MAX = 24  # a fact after a long silence records at most this many missed month-end grades
 Emit = Callable[[e.DomainEvent], None]
+
+
+class _Ordered(Protocol):
+    """Anything sorted as due dates are (dates; day numbers)."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+DueT_co = TypeVar("DueT_co", bound=_Ordered, covariant=True)
+ItemT = TypeVar("ItemT", bound="Applicable[Any]")
+SourceT = TypeVar("SourceT", bound="Unapplied")
 
 
 class CreditPolicy(Struct, frozen=True, kw_only=True):
@@ -100,7 +111,8 @@ class PaymentRecord(Struct, kw_only=True):
     received_on: dt.date
     reversed: bool = False
     reversed_on: dt.date | None = None
-    allocations: list[tuple[str, int, int, dt.date]] = field(default_factory=list)  # invoice, installment, amount, effective
+    # (invoice_id, installment, amount, effective_on)
+    allocations: list[tuple[str, int, int, dt.date]] = field(default_factory=list)
 
 
 class OrderRecord(Struct, kw_only=True):
@@ -565,24 +577,17 @@ class AccountState(Struct, kw_only=True):
         """Apply every unapplied source to eligible items: the invariant of §7."""
         if not self.sources:
             return
-        eligible = sorted(
-            (self.items[key] for key in self.open_keys
-             if not self.items[key].written_off and not self.invoices[self.items[key].invoice_id].disputed),
-            key=lambda item: (item.due_on, item.invoice_id, item.installment),
-        )
+        eligible = [self.items[key] for key in self.open_keys
+                    if not self.items[key].written_off and not self.invoices[self.items[key].invoice_id].disputed]
         if not eligible:
             return
-        for source in sorted(self.sources, key=lambda s: (s.source_on, s.seq)):
-            for item in eligible:
-                if source.remaining == 0:
-                    break
-                if item.open == 0:
-                    continue
-                emit(e.CashAllocated(
-                    source_kind=source.kind, source_id=source.source_id, invoice_id=item.invoice_id,
-                    installment=item.installment, amount=min(source.remaining, item.open), explicit=False,
-                    effective_on=_effective(item, cause_on, source.source_on),
-                ))
+        sources = sorted(self.sources, key=lambda s: (s.source_on, s.seq))
+        for source, item, amount in cash_application(sources, eligible):
+            emit(e.CashAllocated(  # its fold books the allocation before the next one is worked out
+                source_kind=source.kind, source_id=source.source_id, invoice_id=item.invoice_id,
+                installment=item.installment, amount=amount, explicit=False,
+                effective_on=_effective(item, cause_on, source.source_on),
+            ))
 
     # -- Fold ----------------------------------------------------------------------------------
 
@@ -753,6 +758,46 @@ class AccountState(Struct, kw_only=True):
     def _fold_promise(self, event: e.PromiseMade) -> None:
         self.promises[event.promise_id] = event.amount
         self.promise_dates[event.promise_id] = (event.made_on, event.promised_on)
+
+
+class Applicable(Protocol[DueT_co]):
+    """An open item as automatic cash application sees it: the ledger's `Item`, or a model of one (the
+    workload generator's, whose due dates are day numbers: anything ordered as the dates are works)."""
+
+    @property
+    def invoice_id(self) -> str: ...
+    @property
+    def installment(self) -> int: ...
+    @property
+    def due_on(self) -> DueT_co: ...
+    @property
+    def open(self) -> int: ...
+
+
+class Unapplied(Protocol):
+    """Cash or credit waiting to be applied: the ledger's `CashSource`, or a model of one."""
+
+    @property
+    def remaining(self) -> int: ...
+
+
+def cash_application(sources: Iterable[SourceT], eligible: Iterable[ItemT]) -> Iterator[tuple[SourceT, ItemT, int]]:
+    """Automatic cash application (docs/contract.md §7): each source in the order given (the caller's: oldest
+    first) goes to the eligible items (open, undisputed, not written off: the caller's choice too), oldest due
+    date first, ties by invoice id then installment, each item up to its open amount; what no item takes stays
+    unapplied. Yields (source, item, amount) lazily: the caller books each allocation (lowers the source's
+    `remaining` and the item's `open` by `amount`) before it asks for the next one."""
+    items = sorted(eligible, key=lambda item: (item.due_on, item.invoice_id, item.installment))
+    position, count = 0, len(items)
+    for source in sources:
+        while source.remaining > 0 and position < count:
+            item = items[position]
+            if item.open == 0:
+                position += 1  # settled by an earlier source (or by nothing: it had nothing open)
+                continue
+            yield source, item, min(source.remaining, item.open)
+        if position == count:
+            return
 
 
 def _default_due_on(issued_on: dt.date, terms_days: int) -> dt.date:

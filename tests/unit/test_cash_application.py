@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from ledger import events as e
+from ledger.account import cash_application
+from ledger.errors import AllocationExceedsOpen, CreditNoteExceedsInvoice, InvalidAmount, InvalidState
 from tests.builders import (
     allocations,
     assert_cash_invariant,
@@ -21,8 +24,6 @@ from tests.builders import (
     sale,
     write_off,
 )
-from ledger import events as e
-from ledger.errors import AllocationExceedsOpen, CreditNoteExceedsInvoice, InvalidAmount, InvalidState
 
 # -- Automatic application (FIFO) ------------------------------------------------------------------
 
@@ -428,7 +429,8 @@ EFFECTIVE_DATE_CASES = {
 
 
 @pytest.mark.parametrize("facts, trigger, expected", EFFECTIVE_DATE_CASES.values(), ids=EFFECTIVE_DATE_CASES.keys())
-def test_allocation_takes_effect_on_the_latest_of_cause_issue_cash_and_reopening_dates(facts, trigger, expected) -> None:
+def test_allocation_takes_effect_on_the_latest_of_cause_issue_cash_and_reopening_dates(
+        facts, trigger, expected) -> None:
     account = given(*facts)
 
     events = account.when(trigger)
@@ -475,3 +477,33 @@ def test_reversal_dated_before_its_payment_removes_the_cash_from_the_payment_dat
     assert account.state.balance_as_of(day("2026-03-09")) == 60  # the sale, never the payment
     assert account.state.balance_as_of(day("2026-03-10")) == 60
     assert account.item("I1").open_as_of(day("2026-03-10")) == 60
+
+
+# -- The rule on its own (what the workload generator asks: its items carry day numbers) ----------
+
+
+class _ModelItem:
+    def __init__(self, invoice_id: str, installment: int, due_on: int, open: int) -> None:
+        self.invoice_id, self.installment, self.due_on, self.open = invoice_id, installment, due_on, open
+
+
+class _ModelCash:
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+
+
+def test_cash_application_by_due_then_invoice_then_installment_each_source_in_turn() -> None:
+    items = [_ModelItem("B", 1, 10, 50), _ModelItem("A", 2, 10, 20), _ModelItem("A", 1, 10, 30),
+             _ModelItem("C", 1, 5, 40), _ModelItem("D", 1, 3, 0)]
+    first, second, third = _ModelCash(60), _ModelCash(50), _ModelCash(100)
+    booked = []
+
+    for source, item, amount in cash_application([first, second, third], items):
+        booked.append(([first, second, third].index(source), item.invoice_id, item.installment, amount))
+        source.remaining -= amount  # the caller books each allocation before the next is worked out
+        item.open -= amount
+
+    # C (due 5) first; D has nothing open; then A#1, A#2, B at due 10, by invoice id then installment.
+    assert booked == [(0, "C", 1, 40), (0, "A", 1, 20), (1, "A", 1, 10), (1, "A", 2, 20), (1, "B", 1, 20),
+                      (2, "B", 1, 30)]
+    assert (first.remaining, second.remaining, third.remaining) == (0, 0, 70)  # 70 stays unapplied
