@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,7 +373,7 @@ class DemoReport:
         self.notes: list[str] = []
 
     def print_table(self, title: str, rows: list[dict[str, Any]], money: set[str],
-                    totals: list[dict[str, Any]] = ()) -> None:
+                    totals: Sequence[dict[str, Any]] = ()) -> None:
         from rich.table import Table
 
         table = Table(title=title, title_style="bold", title_justify="left")
@@ -427,7 +427,7 @@ class DemoReport:
             self.console.print(f"  {path}")
         self.console.print()
         self.console.print("[bold]Query the tables yourself[/bold] (read-only, while or after the workers run):")
-        self.console.print(f"  arledger sql \"SELECT customer_id, balance, overdue, utilisation FROM customer_balances "
+        self.console.print("  arledger sql \"SELECT customer_id, balance, overdue, utilisation FROM customer_balances "
                            "ORDER BY overdue DESC LIMIT 10\"")
         self.console.print(f"  duckdb -readonly {settings.snapshot_path}    # the DuckDB CLI, or any DuckDB client")
         self.console.print(f"  arledger report aging --as-of {self.as_of}   |   arledger report kpis --from "
@@ -448,14 +448,9 @@ class DemoReport:
                          set(aging["buckets"]) | {"open", "unapplied", "total"})
 
     def exposures(self) -> list[dict[str, Any]]:
-        try:
-            from projections.exposure import exposure
-            rows = exposure(self.connection, self.as_of)["rows"]
-        except ImportError:
-            from projections.reports import balances
-            rows = balances(self.connection, self.as_of)["rows"]
-            for row in rows:
-                row["over_limit"] = row["exposure"] > row["credit_limit"]
+        from projections.exposure import exposure
+
+        rows: list[dict[str, Any]] = exposure(self.connection, self.as_of)["rows"]
         top = sorted(rows, key=lambda row: -row["exposure"])[:TOP_ROWS]
         self.print_table(f"Top exposures as of {self.as_of}", [_exposure_row(row) for row in top],
                          {"exposure", "credit_limit", "available", "overdue"})
@@ -472,47 +467,22 @@ class DemoReport:
         return rows
 
     def worklist(self) -> None:
-        title = f"Collections worklist for {self.as_of}"
-        try:  # built by the credit-control issue: the dunning ladder of the config decides the next step
-            from consumers.alerts import load_config
-            from projections import worklist as module
-            rows = module.worklist(self.connection, load_config().ladder, self.as_of)["rows"]
-        except Exception as error:  # not there (yet), or its API moved: show the largest overdue items instead
-            rows = None
-            reason = "not available" if isinstance(error, ImportError) else f"failed ({type(error).__name__}: {error})"
-        if rows is not None:
-            shown = [{column: _installment(row) if column == "invoice_id" else row[column]
-                      for column in WORKLIST_COLUMNS if column in row} for row in rows[:TOP_ROWS * 2]]
-            self.print_table(title + f": {len(rows):,} items due for an action", shown, {"open_amount"})
-            self.note("Next step from the dunning ladder (consumers/arledger.toml); broken promises first, then by "
-                      "open amount. 'arledger worklist' lists them all.")
-            return
-        rows = _rows(self.connection, """
-            WITH last_action AS (
-                SELECT customer_id, invoice_id, arg_max(action, (action_on, position)) AS last_action,
-                       max(action_on) AS last_action_on
-                FROM collection_actions GROUP BY ALL)
-            SELECT o.customer_id, c.name, o.invoice_id, o.installment, o.currency, o.due_on, o.days_past_due,
-                   o.open_amount, o.status, a.last_action, a.last_action_on
-            FROM open_items o JOIN customers c USING (customer_id)
-            LEFT JOIN last_action a USING (customer_id, invoice_id)
-            WHERE o.open_amount > 0 AND o.days_past_due > 0 AND o.status IN ('open', 'disputed')
-            ORDER BY o.open_amount DESC, o.customer_id, o.invoice_id LIMIT ?""", [TOP_ROWS * 2])
-        self.print_table(title + " (largest overdue items)", rows, {"open_amount"})
-        self.note(f"The worklist report is {reason}: shown instead are the largest overdue items with their last "
-                  "collection action, from the open_items view.")
+        """The dunning ladder of the config decides each item's next step."""
+        from consumers.alerts import load_config
+        from projections.worklist import worklist
 
-    def kpis(self) -> dict[str, Any]:
+        rows = worklist(self.connection, load_config().ladder, self.as_of)["rows"]
+        shown = [{column: _installment(row) if column == "invoice_id" else row[column]
+                  for column in WORKLIST_COLUMNS if column in row} for row in rows[:TOP_ROWS * 2]]
+        self.print_table(f"Collections worklist for {self.as_of}: {len(rows):,} items due for an action", shown,
+                         {"open_amount"})
+        self.note("Next step from the dunning ladder (consumers/arledger.toml); broken promises first, then by "
+                  "open amount. 'arledger worklist' lists them all.")
+
+    def kpis(self) -> dict[dt.date, dict[str, Any]]:
         """Last complete month's KPIs (printed) and every month's, for the trend chart."""
-        try:
-            from projections.kpis import kpis
-        except ImportError:
-            self.console.print()
-            self.console.print("[bold]KPIs[/bold]")
-            self.sections.append(("KPIs", ""))
-            self.note("The KPI module (projections/kpis.py) is not available: KPIs skipped; the trend chart shows "
-                      "the overdue share instead.")
-            return {}
+        from projections.kpis import kpis
+
         months: dict[dt.date, dict[str, Any]] = {}
         for end in month_ends(self.start, self.as_of):
             if end.replace(day=1) < self.start:
@@ -529,14 +499,8 @@ class DemoReport:
         return months
 
     def allowance(self) -> None:
-        try:
-            from projections.allowance import allowance
-        except ImportError:
-            self.console.print()
-            self.console.print("[bold]Bad-debt allowance[/bold]")
-            self.sections.append(("Bad-debt allowance", ""))
-            self.note("The allowance module (projections/allowance.py) is not available: skipped.")
-            return
+        from projections.allowance import allowance
+
         report = allowance(self.connection, self.as_of)
         rates = report["rates"]
         sums: dict[str, dict[str, int]] = {}
@@ -571,7 +535,8 @@ class DemoReport:
             images.append(("DSO and CEI per month", charts.kpi_trend(ends, series, main_currency),
                            directory / "dso-cei-trend.png"))
         else:
-            shares = {currency: [_overdue_share(row, buckets) for row in rows] for currency, rows in by_currency.items()}
+            shares = {currency: [_overdue_share(row, buckets) for row in rows]
+                      for currency, rows in by_currency.items()}
             images.append(("Overdue share per month", charts.overdue_share_trend(ends, shares),
                            directory / "overdue-share-trend.png"))
         in_currency = [row for row in exposure_rows if row["currency"] == main_currency]
@@ -584,12 +549,6 @@ class DemoReport:
         for _, png, path in images:
             path.write_bytes(png)
         return images
-
-
-def _rows(connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = connection.execute(sql, params)
-    columns = [column[0] for column in cursor.description]
-    return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
 def _exposure_row(row: dict[str, Any]) -> dict[str, Any]:
