@@ -10,23 +10,20 @@ caller retries the same batch, which gives the same outcomes.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
-
-import msgspec
 from uuid import UUID
 
+import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import JSONTranscoder, PersistenceError
+from eventsourcing.utils import get_topic
 
 from ledger import contract as c
 from ledger.account import AccountState, CreditPolicy
-from eventsourcing.utils import get_topic
-
 from ledger.aggregate import (
     CHAIN_ID,
     AccountStateAsBuiltins,
@@ -48,6 +45,7 @@ ACCOUNT_CACHE_MAX = 50_000  # accounts kept in memory between batches (one write
 RECEIPT_CACHE_MAX = 200_000  # recent envelope ids: redeliveries after a crash hit this, not the store
 SNAPSHOT_INTERVAL_EVENTS = 500  # an account with 100,000 events loads from a snapshot + < 500 events
 ACCOUNT_EVENT_TOPICS = (get_topic(CustomerAccount.Opened), get_topic(CustomerAccount.Recorded))
+AccountEvent = CustomerAccount.Opened | CustomerAccount.Recorded
 
 
 _LedgerMapper = mapper_class((CustomerAccount.Opened, CustomerAccount.Recorded, EnvelopeReceipt.Accepted))
@@ -134,7 +132,7 @@ def format_instant(instant: dt.datetime) -> str:
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Ledger(Application):
+class Ledger(Application[UUID]):
     """The system of record: CustomerAccount streams plus envelope receipts, in one event store."""
 
     name = "arledger"
@@ -208,12 +206,18 @@ class Ledger(Application):
         due: dict[Any, Any] = {}
         for event in events:
             aggregate = by_id.get(event.originator_id)
-            interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
+            if aggregate is None:
+                continue
+            interval = self.snapshotting_intervals.get(type(aggregate))
             if interval is not None and event.originator_version % interval == 0:
                 due[aggregate.id] = aggregate
         if due:
-            self.snapshots.put([getattr(type(aggregate), "Snapshot", self.snapshot_class).take(aggregate)
-                                for aggregate in due.values()])
+            snapshots = []
+            for aggregate in due.values():
+                snapshot_class = getattr(type(aggregate), "Snapshot", self.snapshot_class)
+                assert snapshot_class is not None, "snapshotting is on: Application gives a snapshot class"
+                snapshots.append(snapshot_class.take(aggregate))
+            self.snapshots.put(snapshots)
 
     def _next_recorded_at(self) -> str:
         """Strictly increasing recorded times within this process, stamped by the service (§2)."""
@@ -317,7 +321,7 @@ class Ledger(Application):
         if self._stored_receipt_ids is not None and envelope_id not in self._stored_receipt_ids:
             return None  # the batch look-up found no receipt: a new id, the common case
         try:
-            receipt = self.repository.get(receipt_id(envelope_id))
+            receipt: EnvelopeReceipt = self.repository.get(receipt_id(envelope_id))
         except AggregateNotFoundError:
             return None
         outcome = Outcome(status="accepted", envelope_id=receipt.envelope_id, customer_id=receipt.customer_id,
@@ -379,7 +383,8 @@ class Ledger(Application):
             start=after_notification_id + 1, limit=limit, stop=up_to_notification_id, topics=ACCOUNT_EVENT_TOPICS)
         result = []
         for notification in notifications:
-            event = self.mapper.to_domain_event(notification)
+            # an Opened or a Recorded: ACCOUNT_EVENT_TOPICS selects only those
+            event = cast(AccountEvent, self.mapper.to_domain_event(notification))
             result.append((notification.id, StoredLedgerEvent.from_stored(event.customer_id, event)))
         return result
 
@@ -449,7 +454,7 @@ class StoredLedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
         return event_from_data(self.kind, upcast(self.kind, self.data, self.schema_version))
 
     @classmethod
-    def from_stored(cls, customer_id: str, event: Any) -> "StoredLedgerEvent":
+    def from_stored(cls, customer_id: str, event: Any) -> StoredLedgerEvent:
         return cls(customer_id=customer_id, version=event.originator_version, kind=event.kind, data=event.data,
                    envelope_id=event.envelope_id, recorded_at=event.recorded_at,
                    schema_version=event.schema_version, prev_hash=event.prev_hash, hash=event.hash)

@@ -18,7 +18,7 @@ is stamped on each stored event, and `ledger.upcasting` reads older versions.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -298,18 +298,24 @@ class CreditLimitBreached(DomainEvent, frozen=True, kw_only=True, tag="credit_li
     breached_on: dt.date
 
 
-AnyDomainEvent = Union[
-    CustomerRegistered, CreditLimitChanged, PaymentTermsChanged, CreditGradeAssigned, CreditGradeComputed,
-    CreditHoldPlaced, CreditHoldReleased, OrderPlaced, OrderApproved, OrderBlocked,
-    OrderReleased, OrderCancelled, OrderInvoiced, SaleRecorded, ItemOpened, CreditNoteIssued,
-    CreditNoteApplied, CreditNoteExcessUnapplied, PaymentReceived, CashAllocated,
-    PaymentReversed, AllocationReversed, UnappliedCashRemoved, UnappliedCashReturned, InvoiceWrittenOff,
-    ItemWrittenOff, DisputeOpened, DisputeResolved, CollectionActionRecorded, PromiseMade,
-    CreditLimitBreached,
-]
+AnyDomainEvent = (
+    CustomerRegistered | CreditLimitChanged | PaymentTermsChanged | CreditGradeAssigned | CreditGradeComputed |
+    CreditHoldPlaced | CreditHoldReleased | OrderPlaced | OrderApproved | OrderBlocked | OrderReleased |
+    OrderCancelled | OrderInvoiced | SaleRecorded | ItemOpened | CreditNoteIssued | CreditNoteApplied |
+    CreditNoteExcessUnapplied | PaymentReceived | CashAllocated | PaymentReversed | AllocationReversed |
+    UnappliedCashRemoved | UnappliedCashReturned | InvoiceWrittenOff | ItemWrittenOff | DisputeOpened |
+    DisputeResolved | CollectionActionRecorded | PromiseMade | CreditLimitBreached
+)
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
-    cls.__struct_config__.tag: cls for cls in AnyDomainEvent.__args__  # type: ignore[attr-defined]
+    cls.__struct_config__.tag: cls for cls in AnyDomainEvent.__args__
 }
+
+
+def event_kind(event: DomainEvent) -> str:
+    """The event's `kind` tag, e.g. "sale.recorded" (msgspec types tags as str | int | None: ours are str)."""
+    kind = event.__struct_config__.tag
+    assert isinstance(kind, str), f"{type(event).__name__} has no string tag"
+    return kind
 
 
 def event_to_data(event: DomainEvent) -> dict[str, Any]:

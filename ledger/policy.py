@@ -1,4 +1,5 @@
-"""Credit-control policy, pure: dunning ladder, promise outcomes and cover, behaviour score, grades (docs/contract.md §8).
+"""Credit-control policy, pure: dunning ladder, promise outcomes and cover, behaviour score, grades
+(docs/contract.md §8).
 
 Everything here is built from the TOML configuration by `parse_config` (the
 caller reads the file) and takes its dates as arguments: no I/O, no clock.

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, cast
 
 import msgspec
 from eventsourcing.application import Application, ProcessingEvent
@@ -38,7 +38,7 @@ _TYPE_MARK = b'"_type_"'
 _DATETIME = "datetime_iso"
 
 
-class MsgspecMapper(Mapper):
+class MsgspecMapper(Mapper[uuid.UUID]):
     """A Mapper with a msgspec fast path for the event classes given to `fast_classes`."""
 
     fast_classes: frozenset[type] = frozenset()
@@ -71,7 +71,9 @@ class MsgspecMapper(Mapper):
             state["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
         except Exception:  # noqa: BLE001 - not the shape the fast path knows: eventsourcing's path says why
             return super().to_domain_event(stored_event)
-        state["originator_id"] = find_id_convertor(cls, type(stored_event.originator_id))(stored_event.originator_id)
+        # lru_cache types its arguments as Hashable: eventsourcing's own Mapper casts the same way
+        id_type = cast(Hashable, type(stored_event.originator_id))
+        state["originator_id"] = find_id_convertor(cls, id_type)(stored_event.originator_id)
         state["originator_version"] = stored_event.originator_version
         if getattr(cls, "class_version", 1) != 1 or "class_version" in state:
             return super().to_domain_event(stored_event)
@@ -100,7 +102,7 @@ def mapper_class(fast: tuple[type, ...]) -> type[MsgspecMapper]:
 LOOKUP_CHUNK = 500  # SQLite allows 999 bound parameters per statement
 
 
-def record_in_order(app: Application, events: list[Any], aggregates: list[Any],
+def record_in_order(app: Application[uuid.UUID], events: list[Any], aggregates: list[Any],
                     then: Callable[[], None] = lambda: None) -> None:
     """Save `events` (new events of `aggregates`, in the order they were recorded across aggregates) in
     one transaction, run `then` (e.g. snapshots), and notify eventsourcing's followers of the recordings."""
@@ -114,25 +116,36 @@ def record_in_order(app: Application, events: list[Any], aggregates: list[Any],
     app._notify(recordings)  # noqa: SLF001
 
 
-def can_select_first_versions(app: Application) -> bool:
-    return (getattr(app.recorder, "events_table_name", None) is not None
-            and isinstance(getattr(app.recorder, "datastore", None), (SQLiteDatastore, PostgresDatastore)))
+def _events_table(app: Application[uuid.UUID]) -> tuple[str, SQLiteDatastore | PostgresDatastore] | None:
+    """The events table and datastore of an SQLite or PostgreSQL recorder (None for any other)."""
+    events_table = getattr(app.recorder, "events_table_name", None)
+    datastore = getattr(app.recorder, "datastore", None)
+    if isinstance(events_table, str) and isinstance(datastore, (SQLiteDatastore, PostgresDatastore)):
+        return events_table, datastore
+    return None
 
 
-def select_first_versions(app: Application, originator_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+def can_select_first_versions(app: Application[uuid.UUID]) -> bool:
+    return _events_table(app) is not None
+
+
+def select_first_versions(app: Application[uuid.UUID], originator_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `originator_ids` have a stored version 1 (SQLite or PostgreSQL: see can_select_first_versions)."""
-    events_table = app.recorder.events_table_name
-    datastore = app.recorder.datastore
+    table = _events_table(app)
+    assert table is not None, "neither SQLite nor PostgreSQL: ask can_select_first_versions first"
+    events_table, datastore = table
     found: set[uuid.UUID] = set()
-    with datastore.transaction(commit=False) as cursor:
-        for start in range(0, len(originator_ids), LOOKUP_CHUNK):
-            chunk = originator_ids[start:start + LOOKUP_CHUNK]
-            if isinstance(datastore, SQLiteDatastore):
+    chunks = [originator_ids[start:start + LOOKUP_CHUNK] for start in range(0, len(originator_ids), LOOKUP_CHUNK)]
+    if isinstance(datastore, SQLiteDatastore):
+        with datastore.transaction(commit=False) as cursor:
+            for chunk in chunks:
                 cursor.execute(f"SELECT originator_id FROM {events_table} WHERE originator_version = 1 "
                                f"AND originator_id IN ({','.join('?' * len(chunk))})", [key.hex for key in chunk])
                 found.update(uuid.UUID(row[0]) for row in cursor.fetchall())
-            else:
-                cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
-                               f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
-                found.update(row["originator_id"] for row in cursor.fetchall())
+    else:
+        with datastore.transaction(commit=False) as pg_cursor:
+            for chunk in chunks:
+                pg_cursor.execute(f'SELECT originator_id FROM "{datastore.schema}"."{events_table}" '
+                                  f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
+                found.update(row["originator_id"] for row in pg_cursor.fetchall())
     return found
