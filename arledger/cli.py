@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "arledger.commands.bench",
     "arledger.commands.soak",
     "arledger.commands.backup",
+    "arledger.commands.recover",
     "arledger.commands.serve",
 )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -71,7 +71,8 @@ class MsgspecMapper(Mapper):
             state["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
         except Exception:  # noqa: BLE001 - not the shape the fast path knows: eventsourcing's path says why
             return super().to_domain_event(stored_event)
-        state["originator_id"] = find_id_convertor(cls, type(stored_event.originator_id))(stored_event.originator_id)
+        id_type: Any = type(stored_event.originator_id)
+        state["originator_id"] = find_id_convertor(cls, id_type)(stored_event.originator_id)
         state["originator_version"] = stored_event.originator_version
         if getattr(cls, "class_version", 1) != 1 or "class_version" in state:
             return super().to_domain_event(stored_event)
@@ -121,8 +122,9 @@ def can_select_first_versions(app: Application) -> bool:
 
 def select_first_versions(app: Application, originator_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `originator_ids` have a stored version 1 (SQLite or PostgreSQL: see can_select_first_versions)."""
-    events_table = app.recorder.events_table_name
-    datastore = app.recorder.datastore
+    recorder: Any = app.recorder  # a SQLite or PostgreSQL application recorder (can_select_first_versions)
+    events_table = recorder.events_table_name
+    datastore = recorder.datastore
     found: set[uuid.UUID] = set()
     with datastore.transaction(commit=False) as cursor:
         for start in range(0, len(originator_ids), LOOKUP_CHUNK):
@@ -136,3 +138,50 @@ def select_first_versions(app: Application, originator_ids: list[uuid.UUID]) -> 
                                f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
                 found.update(row["originator_id"] for row in cursor.fetchall())
     return found
+
+
+# -- Recovering a lost store from ar.ledger ------------------------------------------------------
+
+def stored_event_count(app: Application) -> int:
+    """Rows in the events table (account events, receipts, the chain): 0 for an empty store."""
+    return int(app.recorder.max_notification_id() or 0)
+
+
+def write_with_notification_ids(app: Application, rows: Iterable[tuple[int, Any]],
+                                on_written: Callable[[int], None] = lambda count: None) -> int:
+    """Write domain events, each with the notification id given beside it, in ONE transaction of an empty
+    SQLite or PostgreSQL store; returns how many. An exception raised while `rows` is iterated (a record
+    that fails its checks) rolls every row back: the store is left as it was. eventsourcing itself only
+    appends at the next id; recovery must put each event back at the id ar.ledger says it had."""
+    if not can_select_first_versions(app):
+        raise TypeError("recovering needs a SQLite or PostgreSQL event store")
+    recorder: Any = app.recorder
+    events_table = recorder.events_table_name
+    datastore = recorder.datastore
+    to_stored = app.mapper.to_stored_event
+    written = 0
+    sqlite = isinstance(datastore, SQLiteDatastore)
+    if sqlite:
+        statement = (f"INSERT INTO {events_table} (rowid, originator_id, originator_version, topic, state) "
+                     f"VALUES (?, ?, ?, ?, ?)")
+    else:
+        table = f'"{datastore.schema}"."{events_table}"'
+        statement = (f"INSERT INTO {table} (notification_id, originator_id, originator_version, topic, state) "
+                     f"VALUES (%s, %s, %s, %s, %s)")
+    highest = 0
+    with datastore.transaction(commit=True) as cursor:
+        for notification_id, event in rows:
+            stored = to_stored(event)
+            originator_id = stored.originator_id
+            if sqlite and isinstance(originator_id, uuid.UUID):
+                originator_id = originator_id.hex
+            cursor.execute(statement, (notification_id, originator_id, stored.originator_version, stored.topic,
+                                       stored.state))
+            highest = max(highest, notification_id)
+            written += 1
+            if written % 1_000 == 0:
+                on_written(written)
+        if not sqlite and highest:  # the next event eventsourcing appends gets the id after the highest
+            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'notification_id'), %s)", (highest,))
+    on_written(written)
+    return written
