@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from eventsourcing.domain import Aggregate
@@ -85,13 +85,14 @@ class CustomerAccount(Aggregate):
         registered: list[DomainEvent] = []
         state.handle(envelope, registered.append)  # checks only; the aggregate folds it below
         (event,) = registered
-        kind, data = event.__struct_config__.tag, event_to_data(event)
+        kind, data = cast(str, event.__struct_config__.tag), event_to_data(event)
         body = customer_hash_body(kind=kind, customer_id=envelope.customer_id, envelope_id=envelope.id, version=1,
                                   recorded_at=recorded_at, schema_version=SCHEMA_VERSION, data=data)
         # _create (not cls(...)) so that the store's own timestamp can be given: it equals recorded_at.
-        account = cls._create(cls.Opened, customer_id=envelope.customer_id, kind=kind, data=data, envelope_id=envelope.id,
-                      recorded_at=recorded_at, schema_version=SCHEMA_VERSION, prev_hash=GENESIS_HASH,
-                      hash=chain_hash(GENESIS_HASH, body), timestamp=parse_instant(recorded_at))
+        account = cls._create(cls.Opened, customer_id=envelope.customer_id, kind=kind, data=data,
+                              envelope_id=envelope.id, recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
+                              prev_hash=GENESIS_HASH, hash=chain_hash(GENESIS_HASH, body),
+                              timestamp=parse_instant(recorded_at))
         return account, registered
 
     def handle(self, envelope: c.Envelope, recorded_at: str, policy: CreditPolicy) -> list[DomainEvent]:
@@ -100,13 +101,13 @@ class CustomerAccount(Aggregate):
         stamp = parse_instant(recorded_at)  # the store's own timestamp = recorded_at, exactly
 
         def emit(event: DomainEvent) -> None:
-            kind, data = event.__struct_config__.tag, event_to_data(event)
+            kind, data = cast(str, event.__struct_config__.tag), event_to_data(event)
             body = customer_hash_body(kind=kind, customer_id=self.state.customer_id, envelope_id=envelope.id,
                                       version=self.version + 1, recorded_at=recorded_at,
                                       schema_version=SCHEMA_VERSION, data=data)
             self._just_emitted = event  # folded as is by apply(), saving a decode
-            self.trigger_event(self.Recorded, customer_id=self.state.customer_id, kind=kind, data=data, envelope_id=envelope.id,
-                               recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
+            self.trigger_event(self.Recorded, customer_id=self.state.customer_id, kind=kind, data=data,
+                               envelope_id=envelope.id, recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
                                prev_hash=self.last_hash, hash=chain_hash(self.last_hash, body), timestamp=stamp)
             emitted.append(event)
 

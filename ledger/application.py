@@ -206,11 +206,14 @@ class Ledger(Application):
         due: dict[Any, Any] = {}
         for event in events:
             aggregate = by_id.get(event.originator_id)
-            interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
+            if aggregate is None:
+                continue
+            interval = self.snapshotting_intervals.get(type(aggregate))
             if interval is not None and event.originator_version % interval == 0:
                 due[aggregate.id] = aggregate
         if due:
-            self.snapshots.put([getattr(type(aggregate), "Snapshot", self.snapshot_class).take(aggregate)
+            snapshot_class: Any = self.snapshot_class
+            self.snapshots.put([getattr(type(aggregate), "Snapshot", snapshot_class).take(aggregate)
                                 for aggregate in due.values()])
 
     def _next_recorded_at(self) -> str:
@@ -317,7 +320,7 @@ class Ledger(Application):
         if self._stored_receipt_ids is not None and envelope_id not in self._stored_receipt_ids:
             return None  # the batch look-up found no receipt: a new id, the common case
         try:
-            receipt = self.repository.get(receipt_id(envelope_id))
+            receipt: EnvelopeReceipt = self.repository.get(receipt_id(envelope_id))
         except AggregateNotFoundError:
             return None
         outcome = Outcome(status="accepted", envelope_id=receipt.envelope_id, customer_id=receipt.customer_id,
@@ -379,7 +382,7 @@ class Ledger(Application):
             start=after_notification_id + 1, limit=limit, stop=up_to_notification_id, topics=ACCOUNT_EVENT_TOPICS)
         result = []
         for notification in notifications:
-            event = self.mapper.to_domain_event(notification)
+            event: Any = self.mapper.to_domain_event(notification)
             result.append((notification.id, StoredLedgerEvent.from_stored(event.customer_id, event)))
         return result
 
