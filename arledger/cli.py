@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 from arledger.settings import KAFKA_OPTIONS, SettingsError, apply_flags, kafka_problems
 from ledger.policy import ConfigError
@@ -36,6 +37,7 @@ COMMAND_MODULES = (
     "arledger.commands.bench",
     "arledger.commands.soak",
     "arledger.commands.backup",
+    "arledger.commands.recover",
     "arledger.commands.serve",
 )
 
@@ -65,7 +67,7 @@ def add_kafka_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "Kafka options (before COMMAND; each overrides the environment variable in brackets)")
     for option in KAFKA_OPTIONS:
-        extra: dict[str, object] = {"type": str.upper, "choices": option.choices} if option.choices else {}
+        extra: dict[str, Any] = {"type": str.upper, "choices": option.choices} if option.choices else {}
         group.add_argument(option.flag, dest=option.variable, metavar=option.metavar, default=None,
                            help=f"{option.help} [{option.variable}; default: {option.default}]"
                            .replace("%", "%%"), **extra)

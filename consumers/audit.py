@@ -42,7 +42,7 @@ from eventsourcing.utils import get_topic
 
 from arledger.settings import TOPIC_LEDGER, Settings
 from consumers.relay import ledger_record
-from ledger.aggregate import (CHAIN_ID, CustomerAccount, EnvelopeReceipt, LedgerChain, account_id, receipt_claims,
+from ledger.aggregate import (CHAIN_ID, RECOVERED_DIGEST, CustomerAccount, EnvelopeReceipt, LedgerChain, account_id, receipt_claims,
                               receipt_id)
 from ledger.application import ACCOUNT_EVENT_TOPICS, Ledger, StoredLedgerEvent, format_instant
 from ledger.events import event_from_data
@@ -795,6 +795,7 @@ class Verifier:
         claimed = set()
         unhashed: list[int] = []
         hashed_from = math.inf
+        recovered = 0
         for nid, notification in receipts:
             report.receipts += 1
             try:
@@ -803,6 +804,7 @@ class Verifier:
                 report.add(Problem("receipts", f"receipt cannot be decoded: {error}", notification_id=nid))
                 continue
             claimed.add(receipt.envelope_id)
+            recovered += receipt.digest == RECOVERED_DIGEST
             where = dict(customer_id=receipt.customer_id, version=receipt.first_version, notification_id=nid)
             if notification.originator_id != receipt_id(receipt.envelope_id):
                 report.add(Problem("receipts", f"receipt of envelope {receipt.envelope_id} is stored under another "
@@ -832,6 +834,9 @@ class Verifier:
         if late:  # receipts are hashed since a version: one without a hash after a hashed one was stripped
             report.add(Problem("receipts", f"{len(late)} receipt(s) stored after hashed ones carry no hash "
                                            f"(hash removed?)", notification_id=late[0]))
+        if recovered:
+            report.notes.append(f"{recovered} receipt(s) recovered from ar.ledger by 'arledger recover-store' "
+                                f"(content digest unknown: a later envelope with the same id is a duplicate)")
         if len(unhashed) > len(late):
             report.notes.append(f"{len(unhashed) - len(late)} receipt(s) written before receipts were hashed: "
                                 f"checked against their events' versions only")

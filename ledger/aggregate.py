@@ -157,6 +157,34 @@ class EnvelopeReceipt(Aggregate):
 
 
 
+# A receipt re-made by `arledger recover-store` from ar.ledger, which does not carry the envelope's content:
+# its digest is unknown, so any later envelope with the same id is a duplicate whatever its content
+# (docs/decisions.md, "Receipts of a store recovered from ar.ledger").
+RECOVERED_DIGEST = "recovered:digest-unknown"
+RECOVERED_ORIGIN = "recovered:ar.ledger"
+
+
+def recovered_account_event(*, customer_id: str, version: int, kind: str, data: dict[str, Any], envelope_id: str,
+                            recorded_at: str, schema_version: int, prev_hash: str, hash: str) -> Aggregate.Event:
+    """The stored event of one ar.ledger record, as the ledger wrote it: `Opened` for version 1, else `Recorded`,
+    the store's timestamp equal to recorded_at (the same attributes in the same order as at write time)."""
+    fields: dict[str, Any] = dict(customer_id=customer_id, kind=kind, data=data, envelope_id=envelope_id,
+                                  recorded_at=recorded_at, schema_version=schema_version, prev_hash=prev_hash,
+                                  hash=hash)
+    common: dict[str, Any] = dict(originator_id=account_id(customer_id), originator_version=version,
+                  timestamp=parse_instant(recorded_at))
+    if version == 1:
+        return CustomerAccount.Opened(**common, originator_topic=_account_topic(), **fields)
+    return CustomerAccount.Recorded(**common, **fields)
+
+
+@functools.cache
+def _account_topic() -> str:
+    from eventsourcing.utils import get_topic
+
+    return get_topic(CustomerAccount)
+
+
 _RECEIPT_TOPIC: str | None = None
 
 

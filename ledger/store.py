@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -149,3 +149,49 @@ def select_first_versions(app: Application[uuid.UUID], originator_ids: list[uuid
                                   f"WHERE originator_version = 1 AND originator_id = ANY(%s::uuid[])", [chunk])
                 found.update(row["originator_id"] for row in pg_cursor.fetchall())
     return found
+
+
+# -- Recovering a lost store from ar.ledger ------------------------------------------------------
+
+def stored_event_count(app: Application[uuid.UUID]) -> int:
+    """Rows in the events table (account events, receipts, the chain): 0 for an empty store."""
+    return int(app.recorder.max_notification_id() or 0)
+
+
+def write_with_notification_ids(app: Application[uuid.UUID], rows: Iterable[tuple[int, Any]],
+                                on_written: Callable[[int], None] = lambda count: None) -> int:
+    """Write domain events, each with the notification id given beside it, in ONE transaction of an empty
+    SQLite or PostgreSQL store; returns how many. An exception raised while `rows` is iterated (a record
+    that fails its checks) rolls every row back: the store is left as it was. eventsourcing itself only
+    appends at the next id; recovery must put each event back at the id ar.ledger says it had."""
+    found = _events_table(app)
+    if found is None:
+        raise TypeError("recovering needs a SQLite or PostgreSQL event store")
+    events_table, datastore = found
+    to_stored = app.mapper.to_stored_event
+    written = 0
+    if isinstance(datastore, SQLiteDatastore):
+        sqlite, table = True, events_table
+        statement = (f"INSERT INTO {events_table} (rowid, originator_id, originator_version, topic, state) "
+                     f"VALUES (?, ?, ?, ?, ?)")
+    else:
+        sqlite, table = False, f'"{datastore.schema}"."{events_table}"'
+        statement = (f"INSERT INTO {table} (notification_id, originator_id, originator_version, topic, state) "
+                     f"VALUES (%s, %s, %s, %s, %s)")
+    highest = 0
+    with datastore.transaction(commit=True) as cursor:
+        for notification_id, event in rows:
+            stored = to_stored(event)
+            originator_id = stored.originator_id
+            if sqlite and isinstance(originator_id, uuid.UUID):
+                originator_id = originator_id.hex
+            cursor.execute(statement, (notification_id, originator_id, stored.originator_version, stored.topic,
+                                       stored.state))
+            highest = max(highest, notification_id)
+            written += 1
+            if written % 1_000 == 0:
+                on_written(written)
+        if not sqlite and highest:  # the next event eventsourcing appends gets the id after the highest
+            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'notification_id'), %s)", (highest,))
+    on_written(written)
+    return written

@@ -108,8 +108,9 @@ def run_restore(args: argparse.Namespace) -> int:
     topic_head = restored["ledger_topic_head"]
     if topic_head is not None and topic_head > (head["position"] or 0):
         print(f"WARNING: ar.ledger holds positions up to {topic_head}, the restored store up to {head['position']}: "
-              "the events after the backup are on ar.ledger only. Do not start 'arledger run' on this home until "
-              "they are recovered (docs/operations-backup.md, 'When ar.ledger is ahead').", file=sys.stderr)
+              "the events after the backup are on ar.ledger only. Do not start 'arledger run' on this home: "
+              "recover the store from ar.ledger instead ('arledger recover-store' into an empty store; "
+              "docs/operations-backup.md, 'When ar.ledger is ahead').", file=sys.stderr)
     if not args.verify:
         return 0
     import subprocess
